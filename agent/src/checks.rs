@@ -1,0 +1,274 @@
+//! The host checks: one file each under `checks/`, one registry ([`CHECKS`]), one trait.
+//!
+//! A check reads facts through a [`Host`] (`observe`) and judges them against the baseline
+//! (`judge`, a pure function of the observation, the policy and the time). Observation never
+//! fails: a fact that could not be read is kept as its error and judged `unknown` with the
+//! error as the reason. Checks only read; they never write to the host.
+//!
+//! [`run`] runs the selected checks in parallel (their time is spent waiting on external
+//! tools), applies waivers, and returns one finding per check. A panic inside a check is caught
+//! and reported as `unknown`, so one bad parser cannot take the other findings down.
+
+pub mod av_edr;
+pub mod backup;
+pub mod encryption;
+pub mod firewall;
+pub mod logging;
+pub mod patching;
+
+use jiff::Timestamp;
+use msp_compliance_protocol::finding::{Finding, Fix, RuleResult, SafetyClass, Status, WaiverRef};
+use serde_json::Value;
+
+use crate::baseline::Baseline;
+use crate::facts::{FactError, Host};
+
+/// One host check.
+pub trait Check: Sync {
+    /// What `observe` found; judged by `judge`.
+    type Observation;
+
+    /// Check id (a constant of `msp_compliance_protocol::ids::check`).
+    fn id(&self) -> &'static str;
+
+    /// HIPAA citations the check supports.
+    fn controls(&self) -> &'static [&'static str];
+
+    /// Reads the facts. Never fails: unreadable facts are kept as errors in the observation.
+    fn observe(&self, host: &Host, baseline: &Baseline) -> Self::Observation;
+
+    /// Judges the observation. Pure: no I/O, time passed in.
+    fn judge(&self, observation: &Self::Observation, baseline: &Baseline, now: Timestamp) -> Judgement;
+}
+
+/// The object-safe face of [`Check`], for the registry.
+pub trait RegisteredCheck: Sync {
+    /// Check id.
+    fn id(&self) -> &'static str;
+    /// HIPAA citations.
+    fn controls(&self) -> &'static [&'static str];
+    /// Observe, then judge.
+    fn evaluate(&self, host: &Host, baseline: &Baseline, now: Timestamp) -> Judgement;
+}
+
+impl<C: Check> RegisteredCheck for C {
+    fn id(&self) -> &'static str {
+        Check::id(self)
+    }
+    fn controls(&self) -> &'static [&'static str] {
+        Check::controls(self)
+    }
+    fn evaluate(&self, host: &Host, baseline: &Baseline, now: Timestamp) -> Judgement {
+        let observation = self.observe(host, baseline);
+        self.judge(&observation, baseline, now)
+    }
+}
+
+/// Every check, in report order. Nothing else knows the list.
+pub static CHECKS: [&dyn RegisteredCheck; 6] = [
+    &patching::Patching,
+    &av_edr::AvEdr,
+    &backup::Backup,
+    &logging::Logging,
+    &firewall::Firewall,
+    &encryption::Encryption,
+];
+
+/// What a check concluded: rule results plus the facts and expectations behind them.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Judgement {
+    /// Rule results in evaluation order.
+    pub results: Vec<RuleResult>,
+    /// Raw observed facts.
+    pub observed: Value,
+    /// Expected values.
+    pub expected: Value,
+}
+
+impl Judgement {
+    /// An empty judgement with the given facts.
+    pub fn new(observed: Value, expected: Value) -> Judgement {
+        Judgement { results: Vec::new(), observed, expected }
+    }
+
+    /// Records a rule result.
+    pub fn rule(&mut self, rule: &str, status: Status, message: impl Into<String>) -> &mut Judgement {
+        self.results.push(RuleResult { rule: rule.to_string(), status, message: message.into(), fix: None });
+        self
+    }
+
+    /// Records a non-passing rule result with its fix.
+    pub fn rule_with_fix(
+        &mut self,
+        rule: &str,
+        status: Status,
+        message: impl Into<String>,
+        action: impl Into<String>,
+        safety: SafetyClass,
+    ) -> &mut Judgement {
+        let fix = Some(Fix { action: action.into(), safety });
+        self.results.push(RuleResult { rule: rule.to_string(), status, message: message.into(), fix });
+        self
+    }
+
+    /// Records an `unknown` rule result for a fact that could not be read.
+    pub fn unknown(&mut self, rule: &str, error: &FactError) -> &mut Judgement {
+        self.rule(rule, Status::Unknown, error.to_string())
+    }
+
+    /// The worst status among the results; `unknown` when there are none, because a check that
+    /// evaluated nothing has not shown anything.
+    pub fn status(&self) -> Status {
+        if self.results.is_empty() {
+            return Status::Unknown;
+        }
+        self.results.iter().map(|it| it.status).fold(Status::NotApplicable, Status::worst)
+    }
+}
+
+/// Which checks to run.
+pub fn select(only: &[String]) -> Result<Vec<&'static dyn RegisteredCheck>, String> {
+    for name in only {
+        if !CHECKS.iter().any(|it| it.id() == name) {
+            let known: Vec<&str> = CHECKS.iter().map(|it| it.id()).collect();
+            return Err(format!("unknown check {name:?}; expected one of {}", known.join(", ")));
+        }
+    }
+    Ok(CHECKS.iter().copied().filter(|it| only.is_empty() || only.iter().any(|name| name == it.id())).collect())
+}
+
+/// Runs checks in parallel and returns their findings in registry order.
+pub fn run(checks: &[&'static dyn RegisteredCheck], host: &Host, baseline: &Baseline, now: Timestamp) -> Vec<Finding> {
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = checks
+            .iter()
+            .map(|check| {
+                let handle = scope.spawn(move || evaluate_guarded(*check, host, baseline, now));
+                (*check, handle)
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|(check, handle)| {
+                let judgement = handle.join().unwrap_or_else(|_| panicked());
+                finish(check, judgement, baseline, now)
+            })
+            .collect()
+    })
+}
+
+/// Observes and judges one check without letting a panic escape.
+fn evaluate_guarded(check: &dyn RegisteredCheck, host: &Host, baseline: &Baseline, now: Timestamp) -> Judgement {
+    if !baseline.is_enabled(check.id()) {
+        let mut judgement = Judgement::new(Value::Null, Value::Null);
+        judgement.rule(&format!("{}.enabled", check.id()), Status::NotApplicable, "disabled by the baseline");
+        return judgement;
+    }
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| check.evaluate(host, baseline, now)))
+        .unwrap_or_else(|_| panicked())
+}
+
+fn panicked() -> Judgement {
+    let mut judgement = Judgement::new(Value::Null, Value::Null);
+    judgement.rule("internal", Status::Unknown, "the check failed internally (a bug); see the agent log");
+    judgement
+}
+
+/// Turns a judgement into a finding: overall status, waiver, fixes, references.
+pub fn finish(check: &dyn RegisteredCheck, judgement: Judgement, baseline: &Baseline, now: Timestamp) -> Finding {
+    let mut status = judgement.status();
+    let today = now.to_zoned_datetime(jiff::tz::TimeZone::UTC).date();
+    let waiver = baseline.waiver(check.id()).map(|it| WaiverRef {
+        justification: it.justification.clone(),
+        ticket: it.ticket.clone(),
+        expires: it.expires,
+        expired: today > it.expires,
+    });
+    let summary_result = judgement.results.iter().max_by_key(|it| it.status.badness());
+    let mut summary = summary_result.map(|it| it.message.clone()).unwrap_or_default();
+    // Only a definite fail can be waived: an unknown is a monitoring failure, not a known risk.
+    if status == Status::Fail
+        && let Some(waiver) = &waiver
+    {
+        if waiver.expired {
+            summary = format!("{summary} (waiver {} expired on {})", waiver.ticket, waiver.expires);
+        } else {
+            status = Status::Exception;
+            summary = format!("{summary} (waived until {} by {})", waiver.expires, waiver.ticket);
+        }
+    }
+    let mut fixes: Vec<Fix> = Vec::new();
+    for result in &judgement.results {
+        if let Some(fix) = &result.fix
+            && !result.status.is_acceptable_rule()
+            && !fixes.contains(fix)
+        {
+            fixes.push(fix.clone());
+        }
+    }
+    Finding {
+        check: check.id().to_string(),
+        status,
+        severity: baseline.severity(check.id()),
+        summary,
+        controls: check.controls().iter().map(|it| it.to_string()).collect(),
+        results: judgement.results,
+        observed: judgement.observed,
+        expected: judgement.expected,
+        thresholds: baseline.thresholds(check.id()),
+        fixes,
+        baseline: baseline.reference(),
+        waiver,
+        observed_at: now,
+    }
+}
+
+/// Rule-level helper: fixes are listed for warn, fail and unknown rules.
+trait RuleStatusExt {
+    fn is_acceptable_rule(self) -> bool;
+}
+
+impl RuleStatusExt for Status {
+    fn is_acceptable_rule(self) -> bool {
+        matches!(self, Status::Pass | Status::NotApplicable | Status::Exception)
+    }
+}
+
+/// Formats a duration in seconds the way findings say ages: "3 d 4 h", "5 h 2 min", "40 s".
+pub fn format_age(seconds: i64) -> String {
+    let seconds = seconds.max(0);
+    let (days, hours, minutes) = (seconds / 86_400, seconds % 86_400 / 3_600, seconds % 3_600 / 60);
+    if days > 0 {
+        format!("{days} d {hours} h")
+    } else if hours > 0 {
+        format!("{hours} h {minutes} min")
+    } else if minutes > 0 {
+        format!("{minutes} min")
+    } else {
+        format!("{seconds} s")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_judgement_is_unknown_not_pass() {
+        assert_eq!(Judgement::default().status(), Status::Unknown);
+    }
+
+    #[test]
+    fn selection_rejects_unknown_names() {
+        assert_eq!(select(&[]).unwrap().len(), 6);
+        assert_eq!(select(&["firewall".into()]).unwrap().len(), 1);
+        assert!(select(&["firewal".into()]).unwrap_err().contains("expected one of patching"));
+    }
+
+    #[test]
+    fn ages_read_naturally() {
+        assert_eq!(format_age(3 * 86_400 + 4 * 3_600 + 5), "3 d 4 h");
+        assert_eq!(format_age(2 * 3_600 + 120), "2 h 2 min");
+        assert_eq!(format_age(-5), "0 s");
+    }
+}

@@ -1,0 +1,196 @@
+//! Privileged facts: the one interface through which checks read what needs root.
+//!
+//! A [`Probe`] names a privileged fact; each variant maps to one fixed argument vector, and its
+//! parameters (a device path, a job name) are validated before they reach an argument.
+//! A [`ProbeSource`] decides how the fact is obtained:
+//! - `Direct` runs the fixed command as this process (works when `check` runs as root; an
+//!   unprivileged run gets an error that says privilege is needed, never a pass);
+//! - `Recorded` replays a fixture tree's recordings.
+//!
+//! The least-privilege probe units (`msp-compliance-probe@<name>`) of the NixOS module are a
+//! third source that starts the unit and reads its JSON result; they plug in here, and the
+//! checks do not change.
+
+use std::path::{Path, PathBuf};
+
+use crate::facts::FactError;
+use crate::facts::command::{CommandSource, Invocation, Output};
+
+/// A privileged fact.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Probe {
+    /// `auditctl -l`: the loaded audit rules.
+    AuditRules,
+    /// `auditctl -s`: kernel audit status (enabled, failure, pid, lost, backlog).
+    AuditStatus,
+    /// `borg list --json --last 1 <repo>` for a job.
+    BorgList { job: String, repository: String, passphrase_file: Option<PathBuf> },
+    /// `ip6tables-save`: the IPv6 legacy/xt ruleset.
+    Ip6tablesSave,
+    /// `iptables-save`: the IPv4 legacy/xt ruleset.
+    IptablesSave,
+    /// `cryptsetup luksDump <device>`: LUKS header summary (never key material).
+    LuksDump { device: PathBuf },
+    /// `nft -j list ruleset`: the live nftables ruleset as JSON.
+    NftRuleset,
+    /// `restic snapshots --json` for a job's repository.
+    ResticSnapshots { job: String, repository: String, password_file: PathBuf },
+}
+
+impl Probe {
+    /// The fixed command of the probe. Parameters are validated first.
+    pub fn invocation(&self) -> Result<Invocation, FactError> {
+        let res = match self {
+            Probe::AuditRules => Invocation::new("auditctl-rules", "auditctl", &["-l"]),
+            Probe::AuditStatus => Invocation::new("auditctl-status", "auditctl", &["-s"]),
+            Probe::BorgList { job, repository, passphrase_file } => {
+                let job = record_safe(job)?;
+                let repository = not_an_option(repository)?;
+                let mut invocation = Invocation::new(
+                    format!("borg-list.{job}"),
+                    "borg",
+                    &["list", "--json", "--last", "1", "--bypass-lock", "--", repository],
+                );
+                // borg reads the passphrase from a file descriptor or command; the file variant
+                // is passed as an argument so nothing secret enters the environment or argv.
+                if let Some(file) = passphrase_file {
+                    invocation.args.insert(0, format!("--passphrase-file={}", absolute(file)?.display()));
+                }
+                invocation
+            }
+            Probe::Ip6tablesSave => Invocation::new("ip6tables-save", "ip6tables-save", &[]),
+            Probe::IptablesSave => Invocation::new("iptables-save", "iptables-save", &[]),
+            Probe::LuksDump { device } => {
+                let device = absolute(device)?;
+                let flat = device.display().to_string().trim_start_matches('/').replace('/', "-");
+                let key = record_safe(&flat)?;
+                Invocation::new(format!("luks-dump.{key}"), "cryptsetup", &["luksDump", &device.display().to_string()])
+            }
+            Probe::NftRuleset => Invocation::new("nft-ruleset", "nft", &["-j", "list", "ruleset"]),
+            Probe::ResticSnapshots { job, repository, password_file } => {
+                let job = record_safe(job)?;
+                let repository = not_an_option(repository)?;
+                let password_file = absolute(password_file)?;
+                Invocation {
+                    name: format!("restic-snapshots.{job}"),
+                    program: "restic".to_string(),
+                    // `--no-lock` keeps the probe read-only: it must never block a running backup.
+                    args: vec![
+                        format!("--repo={repository}"),
+                        format!("--password-file={}", password_file.display()),
+                        "--no-lock".to_string(),
+                        "--no-cache".to_string(),
+                        "snapshots".to_string(),
+                        "--json".to_string(),
+                    ],
+                }
+            }
+        };
+        Ok(res)
+    }
+}
+
+/// How privileged facts are obtained.
+#[derive(Clone, Debug)]
+pub enum ProbeSource {
+    /// Run the fixed command as this process.
+    Direct,
+    /// Replay recordings (fixture trees).
+    Recorded(PathBuf),
+}
+
+impl ProbeSource {
+    /// Reads a privileged fact.
+    pub fn read(&self, probe: &Probe, commands: &CommandSource) -> Result<Output, FactError> {
+        let invocation = probe.invocation()?;
+        match self {
+            ProbeSource::Direct => {
+                let out = commands.run(&invocation)?;
+                if out.status != 0 && !is_root() && looks_like_permission_error(&out.stderr) {
+                    return Err(FactError::PrivilegeRequired {
+                        command: invocation.display(),
+                        stderr: out.stderr_excerpt(),
+                    });
+                }
+                Ok(out)
+            }
+            ProbeSource::Recorded(dir) => CommandSource::Recorded(dir.clone()).run(&invocation),
+        }
+    }
+}
+
+/// Returns true if and only if this process runs with effective uid 0.
+pub fn is_root() -> bool {
+    // /proc/self/status "Uid:" has real, effective, saved, fs uids; the second is effective.
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else { return false };
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("Uid:"))
+        .and_then(|rest| rest.split_whitespace().nth(1))
+        .is_some_and(|euid| euid == "0")
+}
+
+fn looks_like_permission_error(stderr: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(stderr).to_ascii_lowercase();
+    ["permission denied", "operation not permitted", "must be root", "you must be root"]
+        .iter()
+        .any(|it| text.contains(it))
+}
+
+/// A name that is safe as a record file name and a unit instance: `[A-Za-z0-9_.-]`, not empty,
+/// not starting with `.` or `-`, at most 100 bytes.
+fn record_safe(name: &str) -> Result<&str, FactError> {
+    let ok = !name.is_empty()
+        && name.len() <= 100
+        && !name.starts_with(['.', '-'])
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+    if ok {
+        Ok(name)
+    } else {
+        Err(FactError::parse("probe parameter", format!("{name:?} is not a plain name")))
+    }
+}
+
+/// A value that must not be mistaken for an option by the tool.
+fn not_an_option(value: &str) -> Result<&str, FactError> {
+    if value.is_empty() || value.starts_with('-') || value.contains('\n') || value.contains('\0') {
+        return Err(FactError::parse("probe parameter", format!("{value:?} is not a repository")));
+    }
+    Ok(value)
+}
+
+fn absolute(path: &Path) -> Result<&Path, FactError> {
+    let text = path.to_string_lossy();
+    if !path.is_absolute() || text.contains('\n') || text.contains("/../") || text.ends_with("/..") {
+        return Err(FactError::parse("probe parameter", format!("{} is not a plain absolute path", path.display())));
+    }
+    Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parameters_cannot_become_options() {
+        let bad = Probe::ResticSnapshots {
+            job: "daily".into(),
+            repository: "--insecure-tls".into(),
+            password_file: "/run/keys/restic".into(),
+        };
+        assert!(bad.invocation().is_err());
+        let bad_job = Probe::ResticSnapshots {
+            job: "../x".into(),
+            repository: "/srv/restic".into(),
+            password_file: "/run/keys/restic".into(),
+        };
+        assert!(bad_job.invocation().is_err());
+        let relative = Probe::LuksDump { device: "dev/sda2".into() };
+        assert!(relative.invocation().is_err());
+        let good = Probe::LuksDump { device: "/dev/disk/by-uuid/0b7d".into() };
+        let it = good.invocation().unwrap();
+        assert_eq!(it.name, "luks-dump.dev-disk-by-uuid-0b7d");
+        assert_eq!(it.args, vec!["luksDump", "/dev/disk/by-uuid/0b7d"]);
+    }
+}

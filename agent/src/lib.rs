@@ -1,0 +1,20 @@
+//! msp-compliance-agent: checks a site host against a HIPAA baseline and reports findings.
+//!
+//! # Layout
+//!
+//! Modules in reading order, data flowing one way (facts → findings):
+//! - [`config`]: the agent's configuration file, parsed then validated into a `Config`;
+//! - [`baseline`]: the policy (thresholds, waivers) and its digest;
+//! - [`facts`]: how facts are read (root prefix, fixed commands, privileged probes, declared);
+//! - [`checks`]: one file per check, each observing facts and judging them purely;
+//! - [`cli`]: the command line, the only place that prints.
+//!
+//! Later issues add `healer`, `heal`, `evidence`, `outbox`, `mcp_client`, `winrm`, `runbooks`.
+
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod baseline;
+pub mod facts;
+pub mod checks;
+pub mod cli;

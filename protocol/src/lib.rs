@@ -1,0 +1,24 @@
+//! Wire types shared by the msp-compliance agent and its control plane.
+//!
+//! # Overview
+//!
+//! This crate is the contract between the two ends: what a finding looks like when the agent
+//! prints it (`check --format json`), stores it as evidence, or sends it to the server.
+//! It does no I/O: no files, no sockets, no clocks.
+//! Callers pass time in and take values out, which keeps every type here testable and fuzzable.
+//!
+//! Design decisions:
+//! - Everything that is serialized here is a compatibility promise, so only wire types live here.
+//!   Internal types of the agent convert into these by hand at the boundary.
+//! - Statuses are a closed vocabulary (`pass | warn | fail | unknown | not_applicable |
+//!   exception`); `unknown` is never a pass (see [`finding::Status::is_acceptable`]).
+//! - Identifiers that both ends must agree on (check ids, HIPAA citations) are constants defined
+//!   once, in [`ids`].
+//!
+//! Later issues add RFC 8785 canonical JSON, DSSE envelopes, orders and evidence statements here.
+
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod finding;
+pub mod ids;
