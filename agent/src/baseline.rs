@@ -633,7 +633,7 @@ mod tests {
             let err = Baseline::parse(Path::new("b.yaml"), text.as_bytes()).unwrap_err().to_string();
             assert!(err.contains(expect), "{err:?} does not contain {expect:?}");
         };
-        check("id: x\nversion: '1'\nchecks:\n  backup:\n    rpo_fail_hour: 3\n", "checks.backup: unknown field `rpo_fail_hour`");
+        check("id: x\nversion: '1'\nchecks:\n  backup:\n    rpo_fail_hour: 3\n", "checks.backup.rpo_fail_hour: unknown field `rpo_fail_hour`, expected one of");
         check("id: x\nversion: '1'\nchecks:\n  backup:\n    rpo_warn_hours: 50\n", "checks.backup.rpo_warn_hours: expected at most");
         check(
             "id: x\nversion: '1'\nwaivers:\n  - {check: encryptoin, justification: j, ticket: T-1, expires: 2027-01-01}\n",

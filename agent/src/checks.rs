@@ -262,7 +262,8 @@ mod tests {
     fn selection_rejects_unknown_names() {
         assert_eq!(select(&[]).unwrap().len(), 6);
         assert_eq!(select(&["firewall".into()]).unwrap().len(), 1);
-        assert!(select(&["firewal".into()]).unwrap_err().contains("expected one of patching"));
+        let err = select(&["firewal".into()]).err().unwrap_or_default();
+        assert!(err.contains("expected one of patching"), "{err}");
     }
 
     #[test]
@@ -270,5 +271,97 @@ mod tests {
         assert_eq!(format_age(3 * 86_400 + 4 * 3_600 + 5), "3 d 4 h");
         assert_eq!(format_age(2 * 3_600 + 120), "2 h 2 min");
         assert_eq!(format_age(-5), "0 s");
+    }
+}
+
+/// Test support shared by the check files: fixture hosts and the one `check_fixture` helper.
+#[cfg(test)]
+pub mod testing {
+    use std::path::{Path, PathBuf};
+
+    use jiff::Timestamp;
+    use msp_compliance_protocol::finding::{Finding, Status};
+
+    use crate::baseline::Baseline;
+    use crate::checks::RegisteredCheck;
+    use crate::cli::RECORDED_COMMANDS_DIR;
+    use crate::facts::command::CommandSource;
+    use crate::facts::fs::Root;
+    use crate::facts::probe::ProbeSource;
+    use crate::facts::{Host, HostPaths};
+
+    /// `agent/tests/fixtures/<check>/<case>`.
+    pub fn fixture_root(check: &str, case: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(check).join(case)
+    }
+
+    /// Host paths as the unconfigured CLI uses them.
+    pub fn default_paths() -> HostPaths {
+        HostPaths {
+            state_dir: PathBuf::from("/var/lib/msp-compliance"),
+            clamd_socket: None,
+            clamav_database_dir: PathBuf::from("/var/lib/clamav"),
+            backup_jobs: Vec::new(),
+        }
+    }
+
+    /// A host over a fixture tree at `base`: files under it, commands and probes replayed from
+    /// `<base>/.msp-compliance/commands`, declared.json at its default path.
+    pub fn host_at(base: &Path, paths: HostPaths) -> Host {
+        let recorded = base.join(RECORDED_COMMANDS_DIR);
+        Host::new(
+            Root::new(base),
+            CommandSource::Recorded(recorded.clone()),
+            ProbeSource::Recorded(recorded),
+            Path::new("/etc/msp-compliance/declared.json"),
+            paths,
+        )
+    }
+
+    /// Runs one check on a host and returns its finding.
+    pub fn run_on(check: &'static dyn RegisteredCheck, host: &Host, baseline: &Baseline, now: Timestamp) -> Finding {
+        crate::checks::run(&[check], host, baseline, now).remove(0)
+    }
+
+    /// Runs a check against `tests/fixtures/<check>/<case>` with the embedded baseline and asserts
+    /// the overall status and the status of each listed rule. Returns the finding for more asserts.
+    pub fn check_fixture(
+        check: &'static dyn RegisteredCheck,
+        case: &str,
+        now: &str,
+        expect_status: Status,
+        expect_rules: &[(&str, Status)],
+    ) -> Finding {
+        let host = host_at(&fixture_root(check.id(), case), default_paths());
+        let finding = run_on(check, &host, &Baseline::embedded(), ts(now));
+        assert_finding(&finding, expect_status, expect_rules);
+        finding
+    }
+
+    /// Asserts a finding's status and rule statuses, printing the whole finding on mismatch.
+    pub fn assert_finding(finding: &Finding, expect_status: Status, expect_rules: &[(&str, Status)]) {
+        let pretty = serde_json::to_string_pretty(finding).unwrap_or_default();
+        assert_eq!(finding.status, expect_status, "overall status of\n{pretty}");
+        for (rule, status) in expect_rules {
+            let found: Vec<Status> = finding.results.iter().filter(|it| it.rule == *rule).map(|it| it.status).collect();
+            assert!(!found.is_empty(), "rule {rule} missing in\n{pretty}");
+            assert!(found.contains(status), "rule {rule}: expected {status}, found {found:?} in\n{pretty}");
+        }
+    }
+
+    /// Parses an RFC 3339 timestamp literal.
+    pub fn ts(text: &str) -> Timestamp {
+        text.parse().expect("test timestamp literal")
+    }
+
+    /// Returns true if and only if tests that need real tools (nft, restic, clamd, cryptsetup,
+    /// network namespaces, loop devices) should run; `.ci/run` sets `MSP_REAL_TOOLS=1` after
+    /// installing them. Otherwise prints why the test is skipped.
+    pub fn real_tools(test: &str) -> bool {
+        if std::env::var_os("MSP_REAL_TOOLS").is_some_and(|it| it == "1") {
+            return true;
+        }
+        eprintln!("skipped {test}: set MSP_REAL_TOOLS=1 to run tests that need real tools (.ci/run does)");
+        false
     }
 }
