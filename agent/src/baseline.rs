@@ -322,7 +322,10 @@ impl Default for EncryptionPolicy {
         EncryptionPolicy {
             enabled: true,
             severity: Severity::Critical,
-            phi_paths: ["/", "/var", "/var/lib", "/home", "/srv"].iter().map(|it| it.to_string()).collect(),
+            phi_paths: ["/", "/var", "/var/lib", "/home", "/srv"]
+                .iter()
+                .map(|it| it.to_string())
+                .collect(),
             swap_encrypted_required: true,
             tmp_encrypted_required: true,
             min_xts_key_bits: 512,
@@ -469,7 +472,11 @@ impl Baseline {
 
     /// The reference findings record.
     pub fn reference(&self) -> BaselineRef {
-        BaselineRef { id: self.policy.id.clone(), version: self.policy.version.clone(), digest: self.digest.clone() }
+        BaselineRef {
+            id: self.policy.id.clone(),
+            version: self.policy.version.clone(),
+            digest: self.digest.clone(),
+        }
     }
 
     /// The waiver for a check, if any (validation guarantees at most one per check).
@@ -520,7 +527,10 @@ pub fn schema() -> schemars::Schema {
 fn validate(path: &Path, policy: &BaselineFile) -> Result<(), LoadError> {
     let invalid = |field: String, message: String| Err(LoadError::invalid(path, &field, message));
     if !crate::config::is_identifier(&policy.id) {
-        return invalid("id".into(), format!("expected a plain identifier, found {:?}", policy.id));
+        return invalid(
+            "id".into(),
+            format!("expected a plain identifier, found {:?}", policy.id),
+        );
     }
     if policy.version.trim().is_empty() {
         return invalid("version".into(), "expected a non-empty version".into());
@@ -542,7 +552,11 @@ fn validate(path: &Path, policy: &BaselineFile) -> Result<(), LoadError> {
             checks.av_edr.signature_warn_hours.into(),
             u64::from(checks.av_edr.signature_fail_days) * 24,
         ),
-        ("checks.backup.rpo_warn_hours", checks.backup.rpo_warn_hours.into(), checks.backup.rpo_fail_hours.into()),
+        (
+            "checks.backup.rpo_warn_hours",
+            checks.backup.rpo_warn_hours.into(),
+            checks.backup.rpo_fail_hours.into(),
+        ),
         (
             "checks.logging.time_offset_warn_ms",
             checks.logging.time_offset_warn_ms,
@@ -556,7 +570,10 @@ fn validate(path: &Path, policy: &BaselineFile) -> Result<(), LoadError> {
     ];
     for (field, warn, fail) in ordered {
         if warn > fail {
-            return invalid(field.into(), format!("expected at most the fail threshold, found {warn} > {fail}"));
+            return invalid(
+                field.into(),
+                format!("expected at most the fail threshold, found {warn} > {fail}"),
+            );
         }
     }
     for (idx, phi_path) in checks.encryption.phi_paths.iter().enumerate() {
@@ -581,18 +598,31 @@ fn validate(path: &Path, policy: &BaselineFile) -> Result<(), LoadError> {
         if !check::ALL.contains(&waiver.check.as_str()) {
             return invalid(
                 field("check"),
-                format!("expected one of {}, found {:?}", check::ALL.join(", "), waiver.check),
+                format!(
+                    "expected one of {}, found {:?}",
+                    check::ALL.join(", "),
+                    waiver.check
+                ),
             );
         }
         if seen.contains(&waiver.check.as_str()) {
-            return invalid(field("check"), format!("a second waiver for {:?}; keep one per check", waiver.check));
+            return invalid(
+                field("check"),
+                format!("a second waiver for {:?}; keep one per check", waiver.check),
+            );
         }
         seen.push(waiver.check.as_str());
         if waiver.justification.trim().is_empty() {
-            return invalid(field("justification"), "expected a non-empty justification".into());
+            return invalid(
+                field("justification"),
+                "expected a non-empty justification".into(),
+            );
         }
         if waiver.ticket.trim().is_empty() {
-            return invalid(field("ticket"), "expected a non-empty ticket reference".into());
+            return invalid(
+                field("ticket"),
+                "expected a non-empty ticket reference".into(),
+            );
         }
     }
     Ok(())
@@ -613,7 +643,10 @@ mod tests {
         let effective = serde_json::to_value(baseline.policy()).unwrap();
         assert_eq!(file["checks"], effective["checks"]);
         assert_eq!(file["windows"], effective["windows"]);
-        assert_eq!(effective["checks"], serde_json::to_value(ChecksPolicy::default()).unwrap());
+        assert_eq!(
+            effective["checks"],
+            serde_json::to_value(ChecksPolicy::default()).unwrap()
+        );
     }
 
     #[test]
@@ -621,29 +654,45 @@ mod tests {
         let json = Baseline::parse(Path::new("b.json"), br#"{"version":"1","id":"x"}"#).unwrap();
         let yaml = Baseline::parse(Path::new("b.yaml"), b"id: x\nversion: '1'\n").unwrap();
         assert_eq!(json.digest(), yaml.digest());
-        let changed =
-            Baseline::parse(Path::new("b.yaml"), b"id: x\nversion: '1'\nchecks:\n  backup:\n    rpo_fail_hours: 72\n")
-                .unwrap();
+        let changed = Baseline::parse(
+            Path::new("b.yaml"),
+            b"id: x\nversion: '1'\nchecks:\n  backup:\n    rpo_fail_hours: 72\n",
+        )
+        .unwrap();
         assert_ne!(json.digest(), changed.digest());
     }
 
     #[test]
     fn bad_baselines_name_the_field() {
         let check = |text: &str, expect: &str| {
-            let err = Baseline::parse(Path::new("b.yaml"), text.as_bytes()).unwrap_err().to_string();
+            let err = Baseline::parse(Path::new("b.yaml"), text.as_bytes())
+                .unwrap_err()
+                .to_string();
             assert!(err.contains(expect), "{err:?} does not contain {expect:?}");
         };
-        check("id: x\nversion: '1'\nchecks:\n  backup:\n    rpo_fail_hour: 3\n", "checks.backup.rpo_fail_hour: unknown field `rpo_fail_hour`, expected one of");
-        check("id: x\nversion: '1'\nchecks:\n  backup:\n    rpo_warn_hours: 50\n", "checks.backup.rpo_warn_hours: expected at most");
+        check(
+            "id: x\nversion: '1'\nchecks:\n  backup:\n    rpo_fail_hour: 3\n",
+            "checks.backup.rpo_fail_hour: unknown field `rpo_fail_hour`, expected one of",
+        );
+        check(
+            "id: x\nversion: '1'\nchecks:\n  backup:\n    rpo_warn_hours: 50\n",
+            "checks.backup.rpo_warn_hours: expected at most",
+        );
         check(
             "id: x\nversion: '1'\nwaivers:\n  - {check: encryptoin, justification: j, ticket: T-1, expires: 2027-01-01}\n",
             "waivers[0].check: expected one of",
         );
-        check("id: x\nversion: '1'\nwaivers:\n  - {check: encryption, justification: j, ticket: T-1}\n", "missing field `expires`");
+        check(
+            "id: x\nversion: '1'\nwaivers:\n  - {check: encryption, justification: j, ticket: T-1}\n",
+            "missing field `expires`",
+        );
         check(
             "id: x\nversion: '1'\nwaivers:\n  - {check: encryption, justification: j, ticket: T-1, expires: 2027-13-01}\n",
             "waivers[0].expires",
         );
-        check("id: x\nversion: '1'\nchecks:\n  encryption:\n    phi_paths: [srv]\n", "checks.encryption.phi_paths[0]");
+        check(
+            "id: x\nversion: '1'\nchecks:\n  encryption:\n    phi_paths: [srv]\n",
+            "checks.encryption.phi_paths[0]",
+        );
     }
 }

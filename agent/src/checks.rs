@@ -38,7 +38,12 @@ pub trait Check: Sync {
     fn observe(&self, host: &Host, baseline: &Baseline) -> Self::Observation;
 
     /// Judges the observation. Pure: no I/O, time passed in.
-    fn judge(&self, observation: &Self::Observation, baseline: &Baseline, now: Timestamp) -> Judgement;
+    fn judge(
+        &self,
+        observation: &Self::Observation,
+        baseline: &Baseline,
+        now: Timestamp,
+    ) -> Judgement;
 }
 
 /// The object-safe face of [`Check`], for the registry.
@@ -88,12 +93,26 @@ pub struct Judgement {
 impl Judgement {
     /// An empty judgement with the given facts.
     pub fn new(observed: Value, expected: Value) -> Judgement {
-        Judgement { results: Vec::new(), observed, expected }
+        Judgement {
+            results: Vec::new(),
+            observed,
+            expected,
+        }
     }
 
     /// Records a rule result.
-    pub fn rule(&mut self, rule: &str, status: Status, message: impl Into<String>) -> &mut Judgement {
-        self.results.push(RuleResult { rule: rule.to_string(), status, message: message.into(), fix: None });
+    pub fn rule(
+        &mut self,
+        rule: &str,
+        status: Status,
+        message: impl Into<String>,
+    ) -> &mut Judgement {
+        self.results.push(RuleResult {
+            rule: rule.to_string(),
+            status,
+            message: message.into(),
+            fix: None,
+        });
         self
     }
 
@@ -106,8 +125,16 @@ impl Judgement {
         action: impl Into<String>,
         safety: SafetyClass,
     ) -> &mut Judgement {
-        let fix = Some(Fix { action: action.into(), safety });
-        self.results.push(RuleResult { rule: rule.to_string(), status, message: message.into(), fix });
+        let fix = Some(Fix {
+            action: action.into(),
+            safety,
+        });
+        self.results.push(RuleResult {
+            rule: rule.to_string(),
+            status,
+            message: message.into(),
+            fix,
+        });
         self
     }
 
@@ -122,7 +149,10 @@ impl Judgement {
         if self.results.is_empty() {
             return Status::Unknown;
         }
-        self.results.iter().map(|it| it.status).fold(Status::NotApplicable, Status::worst)
+        self.results
+            .iter()
+            .map(|it| it.status)
+            .fold(Status::NotApplicable, Status::worst)
     }
 }
 
@@ -131,14 +161,26 @@ pub fn select(only: &[String]) -> Result<Vec<&'static dyn RegisteredCheck>, Stri
     for name in only {
         if !CHECKS.iter().any(|it| it.id() == name) {
             let known: Vec<&str> = CHECKS.iter().map(|it| it.id()).collect();
-            return Err(format!("unknown check {name:?}; expected one of {}", known.join(", ")));
+            return Err(format!(
+                "unknown check {name:?}; expected one of {}",
+                known.join(", ")
+            ));
         }
     }
-    Ok(CHECKS.iter().copied().filter(|it| only.is_empty() || only.iter().any(|name| name == it.id())).collect())
+    Ok(CHECKS
+        .iter()
+        .copied()
+        .filter(|it| only.is_empty() || only.iter().any(|name| name == it.id()))
+        .collect())
 }
 
 /// Runs checks in parallel and returns their findings in registry order.
-pub fn run(checks: &[&'static dyn RegisteredCheck], host: &Host, baseline: &Baseline, now: Timestamp) -> Vec<Finding> {
+pub fn run(
+    checks: &[&'static dyn RegisteredCheck],
+    host: &Host,
+    baseline: &Baseline,
+    now: Timestamp,
+) -> Vec<Finding> {
     std::thread::scope(|scope| {
         let handles: Vec<_> = checks
             .iter()
@@ -158,24 +200,44 @@ pub fn run(checks: &[&'static dyn RegisteredCheck], host: &Host, baseline: &Base
 }
 
 /// Observes and judges one check without letting a panic escape.
-fn evaluate_guarded(check: &dyn RegisteredCheck, host: &Host, baseline: &Baseline, now: Timestamp) -> Judgement {
+fn evaluate_guarded(
+    check: &dyn RegisteredCheck,
+    host: &Host,
+    baseline: &Baseline,
+    now: Timestamp,
+) -> Judgement {
     if !baseline.is_enabled(check.id()) {
         let mut judgement = Judgement::new(Value::Null, Value::Null);
-        judgement.rule(&format!("{}.enabled", check.id()), Status::NotApplicable, "disabled by the baseline");
+        judgement.rule(
+            &format!("{}.enabled", check.id()),
+            Status::NotApplicable,
+            "disabled by the baseline",
+        );
         return judgement;
     }
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| check.evaluate(host, baseline, now)))
-        .unwrap_or_else(|_| panicked())
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        check.evaluate(host, baseline, now)
+    }))
+    .unwrap_or_else(|_| panicked())
 }
 
 fn panicked() -> Judgement {
     let mut judgement = Judgement::new(Value::Null, Value::Null);
-    judgement.rule("internal", Status::Unknown, "the check failed internally (a bug); see the agent log");
+    judgement.rule(
+        "internal",
+        Status::Unknown,
+        "the check failed internally (a bug); see the agent log",
+    );
     judgement
 }
 
 /// Turns a judgement into a finding: overall status, waiver, fixes, references.
-pub fn finish(check: &dyn RegisteredCheck, judgement: Judgement, baseline: &Baseline, now: Timestamp) -> Finding {
+pub fn finish(
+    check: &dyn RegisteredCheck,
+    judgement: Judgement,
+    baseline: &Baseline,
+    now: Timestamp,
+) -> Finding {
     let mut status = judgement.status();
     let today = now.to_zoned_datetime(jiff::tz::TimeZone::UTC).date();
     let waiver = baseline.waiver(check.id()).map(|it| WaiverRef {
@@ -184,23 +246,34 @@ pub fn finish(check: &dyn RegisteredCheck, judgement: Judgement, baseline: &Base
         expires: it.expires,
         expired: today > it.expires,
     });
-    let summary_result = judgement.results.iter().max_by_key(|it| it.status.badness());
-    let mut summary = summary_result.map(|it| it.message.clone()).unwrap_or_default();
+    let summary_result = judgement
+        .results
+        .iter()
+        .max_by_key(|it| it.status.badness());
+    let mut summary = summary_result
+        .map(|it| it.message.clone())
+        .unwrap_or_default();
     // Only a definite fail can be waived: an unknown is a monitoring failure, not a known risk.
     if status == Status::Fail
         && let Some(waiver) = &waiver
     {
         if waiver.expired {
-            summary = format!("{summary} (waiver {} expired on {})", waiver.ticket, waiver.expires);
+            summary = format!(
+                "{summary} (waiver {} expired on {})",
+                waiver.ticket, waiver.expires
+            );
         } else {
             status = Status::Exception;
-            summary = format!("{summary} (waived until {} by {})", waiver.expires, waiver.ticket);
+            summary = format!(
+                "{summary} (waived until {} by {})",
+                waiver.expires, waiver.ticket
+            );
         }
     }
     let mut fixes: Vec<Fix> = Vec::new();
     for result in &judgement.results {
         if let Some(fix) = &result.fix
-            && !result.status.is_acceptable_rule()
+            && !is_acceptable_rule(result.status)
             && !fixes.contains(fix)
         {
             fixes.push(fix.clone());
@@ -223,21 +296,22 @@ pub fn finish(check: &dyn RegisteredCheck, judgement: Judgement, baseline: &Base
     }
 }
 
-/// Rule-level helper: fixes are listed for warn, fail and unknown rules.
-trait RuleStatusExt {
-    fn is_acceptable_rule(self) -> bool;
-}
-
-impl RuleStatusExt for Status {
-    fn is_acceptable_rule(self) -> bool {
-        matches!(self, Status::Pass | Status::NotApplicable | Status::Exception)
-    }
+/// Fixes are listed for warn, fail and unknown rules, not for those that hold.
+fn is_acceptable_rule(status: Status) -> bool {
+    matches!(
+        status,
+        Status::Pass | Status::NotApplicable | Status::Exception
+    )
 }
 
 /// Formats a duration in seconds the way findings say ages: "3 d 4 h", "5 h 2 min", "40 s".
 pub fn format_age(seconds: i64) -> String {
     let seconds = seconds.max(0);
-    let (days, hours, minutes) = (seconds / 86_400, seconds % 86_400 / 3_600, seconds % 3_600 / 60);
+    let (days, hours, minutes) = (
+        seconds / 86_400,
+        seconds % 86_400 / 3_600,
+        seconds % 3_600 / 60,
+    );
     if days > 0 {
         format!("{days} d {hours} h")
     } else if hours > 0 {
@@ -292,7 +366,10 @@ pub mod testing {
 
     /// `agent/tests/fixtures/<check>/<case>`.
     pub fn fixture_root(check: &str, case: &str) -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(check).join(case)
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures")
+            .join(check)
+            .join(case)
     }
 
     /// Host paths as the unconfigured CLI uses them.
@@ -319,7 +396,12 @@ pub mod testing {
     }
 
     /// Runs one check on a host and returns its finding.
-    pub fn run_on(check: &'static dyn RegisteredCheck, host: &Host, baseline: &Baseline, now: Timestamp) -> Finding {
+    pub fn run_on(
+        check: &'static dyn RegisteredCheck,
+        host: &Host,
+        baseline: &Baseline,
+        now: Timestamp,
+    ) -> Finding {
         crate::checks::run(&[check], host, baseline, now).remove(0)
     }
 
@@ -339,13 +421,25 @@ pub mod testing {
     }
 
     /// Asserts a finding's status and rule statuses, printing the whole finding on mismatch.
-    pub fn assert_finding(finding: &Finding, expect_status: Status, expect_rules: &[(&str, Status)]) {
+    pub fn assert_finding(
+        finding: &Finding,
+        expect_status: Status,
+        expect_rules: &[(&str, Status)],
+    ) {
         let pretty = serde_json::to_string_pretty(finding).unwrap_or_default();
         assert_eq!(finding.status, expect_status, "overall status of\n{pretty}");
         for (rule, status) in expect_rules {
-            let found: Vec<Status> = finding.results.iter().filter(|it| it.rule == *rule).map(|it| it.status).collect();
+            let found: Vec<Status> = finding
+                .results
+                .iter()
+                .filter(|it| it.rule == *rule)
+                .map(|it| it.status)
+                .collect();
             assert!(!found.is_empty(), "rule {rule} missing in\n{pretty}");
-            assert!(found.contains(status), "rule {rule}: expected {status}, found {found:?} in\n{pretty}");
+            assert!(
+                found.contains(status),
+                "rule {rule}: expected {status}, found {found:?} in\n{pretty}"
+            );
         }
     }
 
@@ -361,7 +455,9 @@ pub mod testing {
         if std::env::var_os("MSP_REAL_TOOLS").is_some_and(|it| it == "1") {
             return true;
         }
-        eprintln!("skipped {test}: set MSP_REAL_TOOLS=1 to run tests that need real tools (.ci/run does)");
+        eprintln!(
+            "skipped {test}: set MSP_REAL_TOOLS=1 to run tests that need real tools (.ci/run does)"
+        );
         false
     }
 }

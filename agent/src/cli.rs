@@ -128,12 +128,22 @@ pub fn run(args: Args, out: &mut dyn Write) -> Result<u8> {
         Command::Config(ConfigCommand::Schema) => print_json(out, &crate::config::schema()),
         Command::Baseline(BaselineCommand::Show { baseline }) => {
             let baseline = load_baseline(baseline.as_deref())?;
-            eprintln!("{} {} {}", baseline.policy().id, baseline.policy().version, baseline.digest());
+            eprintln!(
+                "{} {} {}",
+                baseline.policy().id,
+                baseline.policy().version,
+                baseline.digest()
+            );
             print_json(out, baseline.policy())
         }
         Command::Baseline(BaselineCommand::Validate { file }) => {
             let baseline = Baseline::load(&file)?;
-            writeln!(out, "{}: valid, digest {}", file.display(), baseline.digest())?;
+            writeln!(
+                out,
+                "{}: valid, digest {}",
+                file.display(),
+                baseline.digest()
+            )?;
             Ok(0)
         }
         Command::Baseline(BaselineCommand::Schema) => print_json(out, &crate::baseline::schema()),
@@ -143,7 +153,9 @@ pub fn run(args: Args, out: &mut dyn Write) -> Result<u8> {
             writeln!(out, "{}: valid", file.display())?;
             Ok(0)
         }
-        Command::Declared(DeclaredCommand::Schema) => print_json(out, &crate::facts::declared::schema()),
+        Command::Declared(DeclaredCommand::Schema) => {
+            print_json(out, &crate::facts::declared::schema())
+        }
     }
 }
 
@@ -187,13 +199,19 @@ pub fn build_host(root: Root, config: &Config) -> Host {
         };
         (CommandSource::Live(limits), ProbeSource::Direct)
     } else if recorded.is_dir() {
-        (CommandSource::Recorded(recorded.clone()), ProbeSource::Recorded(recorded))
+        (
+            CommandSource::Recorded(recorded.clone()),
+            ProbeSource::Recorded(recorded),
+        )
     } else {
         let why = format!(
             "commands are not run under --root (record their outputs in {})",
             recorded.display()
         );
-        (CommandSource::Disabled(why.clone()), ProbeSource::Recorded(recorded))
+        (
+            CommandSource::Disabled(why.clone()),
+            ProbeSource::Recorded(recorded),
+        )
     };
     let paths = HostPaths {
         state_dir: config.state_dir.clone(),
@@ -265,14 +283,33 @@ fn write_table(out: &mut dyn Write, report: &Report) -> std::io::Result<()> {
         }
         writeln!(out, "{}", line.trim_end())?;
     }
-    let details: Vec<&Finding> = report.findings.iter().filter(|it| it.status != Status::Pass).collect();
+    let details: Vec<&Finding> = report
+        .findings
+        .iter()
+        .filter(|it| it.status != Status::Pass)
+        .collect();
     if !details.is_empty() {
         writeln!(out)?;
         for finding in details {
-            for result in finding.results.iter().filter(|it| !matches!(it.status, Status::Pass)) {
-                writeln!(out, "  {:<8} {}: {}", result.status.to_string(), result.rule, result.message)?;
+            for result in finding
+                .results
+                .iter()
+                .filter(|it| !matches!(it.status, Status::Pass))
+            {
+                writeln!(
+                    out,
+                    "  {:<8} {}: {}",
+                    result.status.to_string(),
+                    result.rule,
+                    result.message
+                )?;
                 if let Some(fix) = &result.fix {
-                    writeln!(out, "           fix: {} [{}]", fix.action, fix.safety.as_str())?;
+                    writeln!(
+                        out,
+                        "           fix: {} [{}]",
+                        fix.action,
+                        fix.safety.as_str()
+                    )?;
                 }
             }
         }

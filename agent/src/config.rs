@@ -103,7 +103,10 @@ pub struct ClamavFile {
 
 impl Default for ClamavFile {
     fn default() -> ClamavFile {
-        ClamavFile { socket: None, database_dir: default_clamav_db() }
+        ClamavFile {
+            socket: None,
+            database_dir: default_clamav_db(),
+        }
     }
 }
 
@@ -202,19 +205,28 @@ impl Config {
         if !(10..=86_400).contains(&file.poll_interval_secs) {
             return Err(invalid(
                 "poll_interval_secs",
-                format!("expected 10 to 86400 seconds, found {}", file.poll_interval_secs),
+                format!(
+                    "expected 10 to 86400 seconds, found {}",
+                    file.poll_interval_secs
+                ),
             ));
         }
         if !(1..=600).contains(&file.commands.timeout_secs) {
             return Err(invalid(
                 "commands.timeout_secs",
-                format!("expected 1 to 600 seconds, found {}", file.commands.timeout_secs),
+                format!(
+                    "expected 1 to 600 seconds, found {}",
+                    file.commands.timeout_secs
+                ),
             ));
         }
         if !(4096..=64 * 1024 * 1024).contains(&file.commands.max_output_bytes) {
             return Err(invalid(
                 "commands.max_output_bytes",
-                format!("expected 4096 to 67108864, found {}", file.commands.max_output_bytes),
+                format!(
+                    "expected 4096 to 67108864, found {}",
+                    file.commands.max_output_bytes
+                ),
             ));
         }
         let absolute_fields = [
@@ -227,7 +239,10 @@ impl Config {
             if let Some(value) = value
                 && !value.is_absolute()
             {
-                return Err(invalid(field, format!("expected an absolute path, found {}", value.display())));
+                return Err(invalid(
+                    field,
+                    format!("expected an absolute path, found {}", value.display()),
+                ));
             }
         }
         for (idx, dir) in file.commands.search_path.iter().enumerate() {
@@ -310,38 +325,65 @@ pub fn schema() -> schemars::Schema {
 pub enum LoadError {
     /// The document is not valid JSON/YAML, or a field has the wrong type or is unknown.
     #[error("{file}: {path}: {message}")]
-    Field { file: PathBuf, path: String, message: String },
+    Field {
+        file: PathBuf,
+        path: String,
+        message: String,
+    },
     /// A field is well-typed but its value is not acceptable.
     #[error("{file}: {path}: {message}")]
-    Invalid { file: PathBuf, path: String, message: String },
+    Invalid {
+        file: PathBuf,
+        path: String,
+        message: String,
+    },
     /// The file cannot be read.
     #[error("{file}: cannot read: {source}")]
-    Read { file: PathBuf, source: std::io::Error },
+    Read {
+        file: PathBuf,
+        source: std::io::Error,
+    },
     /// The file is larger than [`MAX_DOCUMENT_BYTES`].
     #[error("{file}: larger than {MAX_DOCUMENT_BYTES} bytes")]
     TooLarge { file: PathBuf },
     /// The document is not well-formed JSON or YAML.
     #[error("{file}: not valid {format}: {message}")]
-    Syntax { file: PathBuf, format: &'static str, message: String },
+    Syntax {
+        file: PathBuf,
+        format: &'static str,
+        message: String,
+    },
 }
 
 impl LoadError {
     /// A value error at a field path.
     pub fn invalid(file: &Path, path: &str, message: String) -> LoadError {
-        LoadError::Invalid { file: file.to_path_buf(), path: path.to_string(), message }
+        LoadError::Invalid {
+            file: file.to_path_buf(),
+            path: path.to_string(),
+            message,
+        }
     }
 }
 
 /// Reads a document with the size limit.
 pub fn read_document(path: &Path) -> Result<Vec<u8>, LoadError> {
     use std::io::Read;
-    let file = std::fs::File::open(path).map_err(|err| LoadError::Read { file: path.to_path_buf(), source: err })?;
+    let file = std::fs::File::open(path).map_err(|err| LoadError::Read {
+        file: path.to_path_buf(),
+        source: err,
+    })?;
     let mut bytes = Vec::new();
     file.take(MAX_DOCUMENT_BYTES as u64 + 1)
         .read_to_end(&mut bytes)
-        .map_err(|err| LoadError::Read { file: path.to_path_buf(), source: err })?;
+        .map_err(|err| LoadError::Read {
+            file: path.to_path_buf(),
+            source: err,
+        })?;
     if bytes.len() > MAX_DOCUMENT_BYTES {
-        return Err(LoadError::TooLarge { file: path.to_path_buf() });
+        return Err(LoadError::TooLarge {
+            file: path.to_path_buf(),
+        });
     }
     Ok(bytes)
 }
@@ -353,7 +395,9 @@ pub fn read_document(path: &Path) -> Result<Vec<u8>, LoadError> {
 /// formats then go through the same typed deserialization and the same error paths.
 pub fn parse_document<T: DeserializeOwned>(path: &Path, bytes: &[u8]) -> Result<T, LoadError> {
     if bytes.len() > MAX_DOCUMENT_BYTES {
-        return Err(LoadError::TooLarge { file: path.to_path_buf() });
+        return Err(LoadError::TooLarge {
+            file: path.to_path_buf(),
+        });
     }
     let extension = path.extension().and_then(|it| it.to_str()).unwrap_or("");
     let looks_like_json = bytes.iter().find(|it| !it.is_ascii_whitespace()) == Some(&b'{');
@@ -362,7 +406,11 @@ pub fn parse_document<T: DeserializeOwned>(path: &Path, bytes: &[u8]) -> Result<
         let path_text = err.path().to_string();
         let inner = err.into_inner();
         let message = strip_position(&inner.to_string());
-        LoadError::Field { file: path.to_path_buf(), path: path_text, message }
+        LoadError::Field {
+            file: path.to_path_buf(),
+            path: path_text,
+            message,
+        }
     };
     if is_yaml {
         let text = std::str::from_utf8(bytes).map_err(|_| LoadError::Syntax {
@@ -370,11 +418,12 @@ pub fn parse_document<T: DeserializeOwned>(path: &Path, bytes: &[u8]) -> Result<
             format: "YAML",
             message: "not UTF-8".to_string(),
         })?;
-        let value: serde_json::Value = serde_saphyr::from_str(text).map_err(|err| LoadError::Syntax {
-            file: path.to_path_buf(),
-            format: "YAML",
-            message: err.to_string(),
-        })?;
+        let value: serde_json::Value =
+            serde_saphyr::from_str(text).map_err(|err| LoadError::Syntax {
+                file: path.to_path_buf(),
+                format: "YAML",
+                message: err.to_string(),
+            })?;
         return serde_path_to_error::deserialize(value).map_err(field_error);
     }
     let mut deserializer = serde_json::Deserializer::from_slice(bytes);
@@ -410,11 +459,15 @@ pub fn is_identifier(value: &str) -> bool {
     !value.is_empty()
         && value.len() <= 64
         && !value.starts_with(['.', '-'])
-        && value.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
 }
 
 fn identifier_expectation(found: &str) -> String {
-    format!("expected 1 to 64 of letters, digits, `.`, `_`, `-` (not starting with `.` or `-`), found {found:?}")
+    format!(
+        "expected 1 to 64 of letters, digits, `.`, `_`, `-` (not starting with `.` or `-`), found {found:?}"
+    )
 }
 
 #[cfg(test)]
@@ -429,8 +482,16 @@ mod tests {
 
     #[test]
     fn json_and_yaml_give_the_same_config() {
-        let json = load_text("a.json", r#"{"site_id":"clinic-a","host_id":"nixos-1","poll_interval_secs":60}"#).unwrap();
-        let yaml = load_text("a.yaml", "site_id: clinic-a\nhost_id: nixos-1\npoll_interval_secs: 60\n").unwrap();
+        let json = load_text(
+            "a.json",
+            r#"{"site_id":"clinic-a","host_id":"nixos-1","poll_interval_secs":60}"#,
+        )
+        .unwrap();
+        let yaml = load_text(
+            "a.yaml",
+            "site_id: clinic-a\nhost_id: nixos-1\npoll_interval_secs: 60\n",
+        )
+        .unwrap();
         assert_eq!(json.host_id, yaml.host_id);
         assert_eq!(json.poll_interval, Duration::from_secs(60));
         assert_eq!(yaml.poll_interval, Duration::from_secs(60));
@@ -443,13 +504,37 @@ mod tests {
             assert!(err.contains(expect), "{err:?} does not contain {expect:?}");
             assert!(err.starts_with(name), "{err:?} does not name the file");
         };
-        check("c.json", r#"{"site_id":"a","host_id":"b","poll_intervall_secs":5}"#, "unknown field `poll_intervall_secs`");
-        check("c.json", r#"{"site_id":"a","host_id":"b","commands":{"timeout_secs":"x"}}"#, "commands.timeout_secs: invalid type: string \"x\", expected u64");
-        check("c.yaml", "site_id: a\nhost_id: b\ncommands:\n  timeout_secs: -3\n", "commands.timeout_secs");
-        check("c.json", r#"{"site_id":"a","host_id":"b","poll_interval_secs":1}"#, "poll_interval_secs: expected 10 to 86400 seconds, found 1");
-        check("c.json", r#"{"site_id":"a b","host_id":"b"}"#, "site_id: expected 1 to 64");
+        check(
+            "c.json",
+            r#"{"site_id":"a","host_id":"b","poll_intervall_secs":5}"#,
+            "unknown field `poll_intervall_secs`",
+        );
+        check(
+            "c.json",
+            r#"{"site_id":"a","host_id":"b","commands":{"timeout_secs":"x"}}"#,
+            "commands.timeout_secs: invalid type: string \"x\", expected u64",
+        );
+        check(
+            "c.yaml",
+            "site_id: a\nhost_id: b\ncommands:\n  timeout_secs: -3\n",
+            "commands.timeout_secs",
+        );
+        check(
+            "c.json",
+            r#"{"site_id":"a","host_id":"b","poll_interval_secs":1}"#,
+            "poll_interval_secs: expected 10 to 86400 seconds, found 1",
+        );
+        check(
+            "c.json",
+            r#"{"site_id":"a b","host_id":"b"}"#,
+            "site_id: expected 1 to 64",
+        );
         check("c.json", r#"{"host_id":"b"}"#, "missing field `site_id`");
-        check("c.json", r#"{"site_id":"a","host_id":"b","state_dir":"rel"}"#, "state_dir: expected an absolute path");
+        check(
+            "c.json",
+            r#"{"site_id":"a","host_id":"b","state_dir":"rel"}"#,
+            "state_dir: expected an absolute path",
+        );
         check("c.json", r#"{"site_id":"a","#, "not valid JSON");
         check("c.yaml", "site_id: [a\n", "not valid YAML");
         check(
@@ -457,7 +542,11 @@ mod tests {
             r#"{"site_id":"a","host_id":"b","backup_jobs":[{"name":"x","tool":"restic"}]}"#,
             "backup_jobs[0].repository: expected exactly one",
         );
-        check("c.json", r#"{"site_id":"a","host_id":"b"} trailing"#, "not valid JSON");
+        check(
+            "c.json",
+            r#"{"site_id":"a","host_id":"b"} trailing"#,
+            "not valid JSON",
+        );
     }
 
     #[test]
@@ -471,9 +560,32 @@ mod tests {
     fn schema_lists_known_fields() {
         let schema = serde_json::to_value(schema()).unwrap();
         let properties = schema["properties"].as_object().unwrap();
-        for key in ["site_id", "host_id", "poll_interval_secs", "commands", "backup_jobs"] {
+        for key in [
+            "site_id",
+            "host_id",
+            "poll_interval_secs",
+            "commands",
+            "backup_jobs",
+        ] {
             assert!(properties.contains_key(key), "schema lacks {key}");
         }
         assert_eq!(schema["additionalProperties"], serde_json::json!(false));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_document_is_an_error_or_a_config_never_a_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)) {
+            for name in ["c.json", "c.yaml", "c"] {
+                let _ = parse_document::<ConfigFile>(Path::new(name), &bytes);
+                let _ = crate::baseline::Baseline::parse(Path::new(name), &bytes);
+                let _ = crate::facts::declared::parse(Path::new(name), &bytes);
+            }
+        }
+
+        #[test]
+        fn yaml_like_text_never_panics(text in "[a-z_{}\\[\\]:, \n'\"0-9.-]{0,200}") {
+            let _ = parse_document::<ConfigFile>(Path::new("c.yaml"), text.as_bytes());
+            let _ = crate::baseline::Baseline::parse(Path::new("b.yaml"), text.as_bytes());
+        }
     }
 }

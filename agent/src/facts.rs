@@ -32,7 +32,11 @@ use crate::facts::probe::{Probe, ProbeSource};
 pub enum FactError {
     /// A command ran but exited with a status the caller does not accept.
     #[error("`{command}` exited with status {status}: {stderr}")]
-    CommandFailed { command: String, status: i32, stderr: String },
+    CommandFailed {
+        command: String,
+        status: i32,
+        stderr: String,
+    },
     /// A command printed more than the configured limit.
     #[error("`{command}` printed more than {limit} bytes")]
     CommandOutputTooLarge { command: String, limit: usize },
@@ -44,7 +48,10 @@ pub enum FactError {
     FileTooLarge { path: PathBuf, limit: u64 },
     /// An I/O error other than not-found or permission-denied.
     #[error("cannot read {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// The file or directory does not exist.
     #[error("{path} does not exist")]
     NotFound { path: PathBuf },
@@ -55,7 +62,9 @@ pub enum FactError {
     #[error("permission denied reading {path} (needs root or the msp-compliance-probe units)")]
     PermissionDenied { path: PathBuf },
     /// A privileged probe failed because this process has no privilege.
-    #[error("`{command}` needs privilege (run as root, or through the msp-compliance-probe units): {stderr}")]
+    #[error(
+        "`{command}` needs privilege (run as root, or through the msp-compliance-probe units): {stderr}"
+    )]
     PrivilegeRequired { command: String, stderr: String },
     /// The command is not served in this mode (for example a live command under `--root`).
     #[error("`{command}` is not available: {why}")]
@@ -71,12 +80,18 @@ pub enum FactError {
 impl FactError {
     /// Returns true if and only if the error says the thing is simply absent (file or program).
     pub fn is_absent(&self) -> bool {
-        matches!(self, FactError::NotFound { .. } | FactError::ToolMissing { .. })
+        matches!(
+            self,
+            FactError::NotFound { .. } | FactError::ToolMissing { .. }
+        )
     }
 
     /// Builds a parse error.
     pub fn parse(what: impl Into<String>, message: impl std::fmt::Display) -> FactError {
-        FactError::Parse { what: what.into(), message: message.to_string() }
+        FactError::Parse {
+            what: what.into(),
+            message: message.to_string(),
+        }
     }
 }
 
@@ -129,7 +144,13 @@ impl Host {
         paths: HostPaths,
     ) -> Host {
         let declared = declared::read(&root, declared_path);
-        Host { root, commands, probes, declared, paths }
+        Host {
+            root,
+            commands,
+            probes,
+            declared,
+            paths,
+        }
     }
 
     /// Runs an unprivileged command.

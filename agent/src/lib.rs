@@ -13,8 +13,8 @@
 
 #![forbid(unsafe_code)]
 
-pub mod config;
 pub mod baseline;
-pub mod facts;
 pub mod checks;
 pub mod cli;
+pub mod config;
+pub mod facts;

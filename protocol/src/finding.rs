@@ -82,7 +82,11 @@ impl Status {
 
     /// The worse of two statuses.
     pub fn worst(self, other: Status) -> Status {
-        if other.badness() > self.badness() { other } else { self }
+        if other.badness() > self.badness() {
+            other
+        } else {
+            self
+        }
     }
 }
 
@@ -279,7 +283,11 @@ mod tests {
             site_id: None,
             host_id: "h".into(),
             observed_at: Timestamp::UNIX_EPOCH,
-            baseline: BaselineRef { id: "b".into(), version: "1".into(), digest: "d".into() },
+            baseline: BaselineRef {
+                id: "b".into(),
+                version: "1".into(),
+                digest: "d".into(),
+            },
             findings: vec![],
         };
         assert_eq!(report.exit_code(), 0);

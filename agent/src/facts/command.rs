@@ -20,8 +20,14 @@ use std::time::{Duration, Instant};
 use crate::facts::FactError;
 
 /// Directories searched for programs, in order: NixOS system profile first, then the FHS ones.
-pub const DEFAULT_SEARCH_PATH: [&str; 6] =
-    ["/run/current-system/sw/bin", "/run/wrappers/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"];
+pub const DEFAULT_SEARCH_PATH: [&str; 6] = [
+    "/run/current-system/sw/bin",
+    "/run/wrappers/bin",
+    "/usr/sbin",
+    "/usr/bin",
+    "/sbin",
+    "/bin",
+];
 
 /// One command to run.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -118,9 +124,10 @@ impl CommandSource {
         match self {
             CommandSource::Live(limits) => run_live(invocation, limits),
             CommandSource::Recorded(dir) => replay(invocation, dir),
-            CommandSource::Disabled(why) => {
-                Err(FactError::CommandUnavailable { command: invocation.display(), why: why.clone() })
-            }
+            CommandSource::Disabled(why) => Err(FactError::CommandUnavailable {
+                command: invocation.display(),
+                why: why.clone(),
+            }),
         }
     }
 }
@@ -131,12 +138,17 @@ pub fn find_program(program: &str, search_path: &[PathBuf]) -> Option<PathBuf> {
     if as_path.is_absolute() {
         return as_path.is_file().then(|| as_path.to_path_buf());
     }
-    search_path.iter().map(|dir| dir.join(program)).find(|it| it.is_file())
+    search_path
+        .iter()
+        .map(|dir| dir.join(program))
+        .find(|it| it.is_file())
 }
 
 fn run_live(invocation: &Invocation, limits: &Limits) -> Result<Output, FactError> {
     let Some(path) = find_program(&invocation.program, &limits.search_path) else {
-        return Err(FactError::ToolMissing { program: invocation.program.clone() });
+        return Err(FactError::ToolMissing {
+            program: invocation.program.clone(),
+        });
     };
     let search_path = std::env::join_paths(&limits.search_path).unwrap_or_default();
     let mut child = Command::new(&path)
@@ -148,9 +160,18 @@ fn run_live(invocation: &Invocation, limits: &Limits) -> Result<Output, FactErro
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|err| FactError::Io { path: path.clone(), source: err })?;
-    let stdout = child.stdout.take().map(|it| spawn_reader(it, limits.max_output));
-    let stderr = child.stderr.take().map(|it| spawn_reader(it, limits.max_output));
+        .map_err(|err| FactError::Io {
+            path: path.clone(),
+            source: err,
+        })?;
+    let stdout = child
+        .stdout
+        .take()
+        .map(|it| spawn_reader(it, limits.max_output));
+    let stderr = child
+        .stderr
+        .take()
+        .map(|it| spawn_reader(it, limits.max_output));
     let status = wait_with_timeout(&mut child, limits.timeout);
     let stdout = stdout.map_or(Some(Vec::new()), join_reader);
     let stderr = stderr.map_or(Some(Vec::new()), join_reader);
@@ -161,9 +182,16 @@ fn run_live(invocation: &Invocation, limits: &Limits) -> Result<Output, FactErro
         });
     };
     let (Some(stdout), Some(stderr)) = (stdout, stderr) else {
-        return Err(FactError::CommandOutputTooLarge { command: invocation.display(), limit: limits.max_output });
+        return Err(FactError::CommandOutputTooLarge {
+            command: invocation.display(),
+            limit: limits.max_output,
+        });
     };
-    Ok(Output { status, stdout, stderr })
+    Ok(Output {
+        status,
+        stdout,
+        stderr,
+    })
 }
 
 /// Reads a pipe up to `limit` bytes; `None` if the command printed more. Reading stops there and
@@ -218,17 +246,28 @@ fn wait_with_timeout(child: &mut Child, timeout: Duration) -> Option<i32> {
 fn replay(invocation: &Invocation, dir: &Path) -> Result<Output, FactError> {
     let file = |ext: &str| dir.join(format!("{}.{ext}", invocation.name));
     if file("missing").exists() {
-        return Err(FactError::ToolMissing { program: invocation.program.clone() });
+        return Err(FactError::ToolMissing {
+            program: invocation.program.clone(),
+        });
     }
     let stdout = match std::fs::read(file("stdout")) {
         Ok(it) => it,
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
             return Err(FactError::CommandUnavailable {
                 command: invocation.display(),
-                why: format!("no recorded output `{}` in {}", invocation.name, dir.display()),
+                why: format!(
+                    "no recorded output `{}` in {}",
+                    invocation.name,
+                    dir.display()
+                ),
             });
         }
-        Err(err) => return Err(FactError::Io { path: file("stdout"), source: err }),
+        Err(err) => {
+            return Err(FactError::Io {
+                path: file("stdout"),
+                source: err,
+            });
+        }
     };
     let stderr = std::fs::read(file("stderr")).unwrap_or_default();
     let status = match std::fs::read_to_string(file("exit")) {
@@ -238,7 +277,11 @@ fn replay(invocation: &Invocation, dir: &Path) -> Result<Output, FactError> {
             .map_err(|err| FactError::parse(file("exit").display().to_string(), err))?,
         Err(_) => 0,
     };
-    Ok(Output { status, stdout, stderr })
+    Ok(Output {
+        status,
+        stdout,
+        stderr,
+    })
 }
 
 fn excerpt(bytes: &[u8]) -> String {
@@ -277,7 +320,10 @@ mod tests {
         let it = Invocation::new("sleep", "sleep", &["5"]);
         let started = Instant::now();
         let res = CommandSource::Live(limits(200, 1024)).run(&it);
-        assert!(matches!(res, Err(FactError::CommandTimeout { .. })), "{res:?}");
+        assert!(
+            matches!(res, Err(FactError::CommandTimeout { .. })),
+            "{res:?}"
+        );
         assert!(started.elapsed() < Duration::from_secs(3));
     }
 
@@ -285,7 +331,10 @@ mod tests {
     fn oversized_output_is_refused() {
         let it = Invocation::new("yes", "yes", &[]);
         let res = CommandSource::Live(limits(5_000, 64 * 1024)).run(&it);
-        assert!(matches!(res, Err(FactError::CommandOutputTooLarge { .. })), "{res:?}");
+        assert!(
+            matches!(res, Err(FactError::CommandOutputTooLarge { .. })),
+            "{res:?}"
+        );
     }
 
     #[test]
@@ -302,7 +351,9 @@ mod tests {
         ));
         std::fs::write(dir.path().join("nope.stdout"), "out").unwrap();
         std::fs::write(dir.path().join("nope.exit"), "3\n").unwrap();
-        let out = CommandSource::Recorded(dir.path().to_path_buf()).run(&it).unwrap();
+        let out = CommandSource::Recorded(dir.path().to_path_buf())
+            .run(&it)
+            .unwrap();
         assert_eq!((out.status, out.stdout_text().as_str()), (3, "out"));
     }
 }

@@ -66,9 +66,14 @@ impl Root {
         let mut buf = Vec::new();
         // Read one byte more than the limit to tell "exactly at the limit" from "over it";
         // /proc and /sys report a size of 0 or 4096, so the length must be measured by reading.
-        file.take(limit + 1).read_to_end(&mut buf).map_err(|err| io_error(logical, err))?;
+        file.take(limit + 1)
+            .read_to_end(&mut buf)
+            .map_err(|err| io_error(logical, err))?;
         if buf.len() as u64 > limit {
-            return Err(FactError::FileTooLarge { path: logical.to_path_buf(), limit });
+            return Err(FactError::FileTooLarge {
+                path: logical.to_path_buf(),
+                limit,
+            });
         }
         Ok(buf)
     }
@@ -78,14 +83,17 @@ impl Root {
         let real = self.real_path(logical)?;
         let file = std::fs::File::open(&real).map_err(|err| io_error(logical, err))?;
         let mut buf = Vec::new();
-        file.take(n).read_to_end(&mut buf).map_err(|err| io_error(logical, err))?;
+        file.take(n)
+            .read_to_end(&mut buf)
+            .map_err(|err| io_error(logical, err))?;
         Ok(buf)
     }
 
     /// Reads a small UTF-8 text file (at most [`SMALL_FILE_LIMIT`] bytes).
     pub fn read_text(&self, logical: &Path) -> Result<String, FactError> {
         let bytes = self.read_bounded(logical, SMALL_FILE_LIMIT)?;
-        String::from_utf8(bytes).map_err(|_| FactError::parse(logical.display().to_string(), "not UTF-8"))
+        String::from_utf8(bytes)
+            .map_err(|_| FactError::parse(logical.display().to_string(), "not UTF-8"))
     }
 
     /// Reads the target of a symlink without following the last component.
@@ -138,8 +146,14 @@ impl Root {
     }
 
     fn join(&self, canonical_logical: &Path) -> PathBuf {
-        let relative = canonical_logical.strip_prefix("/").unwrap_or(canonical_logical);
-        if relative.as_os_str().is_empty() { self.base.clone() } else { self.base.join(relative) }
+        let relative = canonical_logical
+            .strip_prefix("/")
+            .unwrap_or(canonical_logical);
+        if relative.as_os_str().is_empty() {
+            self.base.clone()
+        } else {
+            self.base.join(relative)
+        }
     }
 
     fn resolve(&self, logical: &Path, follow_last: bool) -> Result<PathBuf, FactError> {
@@ -168,7 +182,9 @@ impl Root {
             }
             hops += 1;
             if hops > MAX_SYMLINK_HOPS {
-                return Err(FactError::SymlinkLoop { path: logical.to_path_buf() });
+                return Err(FactError::SymlinkLoop {
+                    path: logical.to_path_buf(),
+                });
             }
             let target = std::fs::read_link(&real).map_err(|err| io_error(logical, err))?;
             if target.is_absolute() {
@@ -213,17 +229,26 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let base = dir.path();
         std::fs::create_dir_all(base.join("nix/store/abc-system")).unwrap();
-        std::fs::write(base.join("nix/store/abc-system/nixos-version"), "25.11.20260510.8fd9daa").unwrap();
+        std::fs::write(
+            base.join("nix/store/abc-system/nixos-version"),
+            "25.11.20260510.8fd9daa",
+        )
+        .unwrap();
         std::fs::create_dir_all(base.join("run")).unwrap();
         symlink("/nix/store/abc-system", base.join("run/current-system")).unwrap();
         let root = Root::new(base);
-        let text = root.read_text(Path::new("/run/current-system/nixos-version")).unwrap();
+        let text = root
+            .read_text(Path::new("/run/current-system/nixos-version"))
+            .unwrap();
         assert_eq!(text, "25.11.20260510.8fd9daa");
         assert_eq!(
             root.canonical(Path::new("/run/current-system")).unwrap(),
             PathBuf::from("/nix/store/abc-system")
         );
-        assert_eq!(root.read_link(Path::new("/run/current-system")).unwrap(), PathBuf::from("/nix/store/abc-system"));
+        assert_eq!(
+            root.read_link(Path::new("/run/current-system")).unwrap(),
+            PathBuf::from("/nix/store/abc-system")
+        );
     }
 
     #[test]
@@ -236,8 +261,14 @@ mod tests {
         symlink("/etc/loop-b", base.join("etc/loop-a")).unwrap();
         symlink("/etc/loop-a", base.join("etc/loop-b")).unwrap();
         let root = Root::new(&base);
-        assert!(matches!(root.read_text(Path::new("/etc/escape")), Err(FactError::NotFound { .. })));
-        assert!(matches!(root.read_text(Path::new("/etc/loop-a")), Err(FactError::SymlinkLoop { .. })));
+        assert!(matches!(
+            root.read_text(Path::new("/etc/escape")),
+            Err(FactError::NotFound { .. })
+        ));
+        assert!(matches!(
+            root.read_text(Path::new("/etc/loop-a")),
+            Err(FactError::SymlinkLoop { .. })
+        ));
     }
 
     #[test]

@@ -25,7 +25,11 @@ pub enum Probe {
     /// `auditctl -s`: kernel audit status (enabled, failure, pid, lost, backlog).
     AuditStatus,
     /// `borg list --json --last 1 <repo>` for a job.
-    BorgList { job: String, repository: String, passphrase_file: Option<PathBuf> },
+    BorgList {
+        job: String,
+        repository: String,
+        passphrase_file: Option<PathBuf>,
+    },
     /// `ip6tables-save`: the IPv6 legacy/xt ruleset.
     Ip6tablesSave,
     /// `iptables-save`: the IPv4 legacy/xt ruleset.
@@ -35,7 +39,11 @@ pub enum Probe {
     /// `nft -j list ruleset`: the live nftables ruleset as JSON.
     NftRuleset,
     /// `restic snapshots --json` for a job's repository.
-    ResticSnapshots { job: String, repository: String, password_file: PathBuf },
+    ResticSnapshots {
+        job: String,
+        repository: String,
+        password_file: PathBuf,
+    },
 }
 
 impl Probe {
@@ -44,18 +52,33 @@ impl Probe {
         let res = match self {
             Probe::AuditRules => Invocation::new("auditctl-rules", "auditctl", &["-l"]),
             Probe::AuditStatus => Invocation::new("auditctl-status", "auditctl", &["-s"]),
-            Probe::BorgList { job, repository, passphrase_file } => {
+            Probe::BorgList {
+                job,
+                repository,
+                passphrase_file,
+            } => {
                 let job = record_safe(job)?;
                 let repository = not_an_option(repository)?;
                 let mut invocation = Invocation::new(
                     format!("borg-list.{job}"),
                     "borg",
-                    &["list", "--json", "--last", "1", "--bypass-lock", "--", repository],
+                    &[
+                        "list",
+                        "--json",
+                        "--last",
+                        "1",
+                        "--bypass-lock",
+                        "--",
+                        repository,
+                    ],
                 );
                 // borg reads the passphrase from a file descriptor or command; the file variant
                 // is passed as an argument so nothing secret enters the environment or argv.
                 if let Some(file) = passphrase_file {
-                    invocation.args.insert(0, format!("--passphrase-file={}", absolute(file)?.display()));
+                    invocation.args.insert(
+                        0,
+                        format!("--passphrase-file={}", absolute(file)?.display()),
+                    );
                 }
                 invocation
             }
@@ -63,12 +86,24 @@ impl Probe {
             Probe::IptablesSave => Invocation::new("iptables-save", "iptables-save", &[]),
             Probe::LuksDump { device } => {
                 let device = absolute(device)?;
-                let flat = device.display().to_string().trim_start_matches('/').replace('/', "-");
+                let flat = device
+                    .display()
+                    .to_string()
+                    .trim_start_matches('/')
+                    .replace('/', "-");
                 let key = record_safe(&flat)?;
-                Invocation::new(format!("luks-dump.{key}"), "cryptsetup", &["luksDump", &device.display().to_string()])
+                Invocation::new(
+                    format!("luks-dump.{key}"),
+                    "cryptsetup",
+                    &["luksDump", &device.display().to_string()],
+                )
             }
             Probe::NftRuleset => Invocation::new("nft-ruleset", "nft", &["-j", "list", "ruleset"]),
-            Probe::ResticSnapshots { job, repository, password_file } => {
+            Probe::ResticSnapshots {
+                job,
+                repository,
+                password_file,
+            } => {
                 let job = record_safe(job)?;
                 let repository = not_an_option(repository)?;
                 let password_file = absolute(password_file)?;
@@ -123,7 +158,9 @@ impl ProbeSource {
 /// Returns true if and only if this process runs with effective uid 0.
 pub fn is_root() -> bool {
     // /proc/self/status "Uid:" has real, effective, saved, fs uids; the second is effective.
-    let Ok(status) = std::fs::read_to_string("/proc/self/status") else { return false };
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return false;
+    };
     status
         .lines()
         .find_map(|line| line.strip_prefix("Uid:"))
@@ -133,9 +170,16 @@ pub fn is_root() -> bool {
 
 fn looks_like_permission_error(stderr: &[u8]) -> bool {
     let text = String::from_utf8_lossy(stderr).to_ascii_lowercase();
-    ["permission denied", "operation not permitted", "must be root", "you must be root"]
-        .iter()
-        .any(|it| text.contains(it))
+    [
+        "permission denied",
+        "operation not permitted",
+        "must be root",
+        "you must be root",
+        // cryptsetup luksDump without read access to the device.
+        "access denied",
+    ]
+    .iter()
+    .any(|it| text.contains(it))
 }
 
 /// A name that is safe as a record file name and a unit instance: `[A-Za-z0-9_.-]`, not empty,
@@ -144,26 +188,38 @@ fn record_safe(name: &str) -> Result<&str, FactError> {
     let ok = !name.is_empty()
         && name.len() <= 100
         && !name.starts_with(['.', '-'])
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
     if ok {
         Ok(name)
     } else {
-        Err(FactError::parse("probe parameter", format!("{name:?} is not a plain name")))
+        Err(FactError::parse(
+            "probe parameter",
+            format!("{name:?} is not a plain name"),
+        ))
     }
 }
 
 /// A value that must not be mistaken for an option by the tool.
 fn not_an_option(value: &str) -> Result<&str, FactError> {
     if value.is_empty() || value.starts_with('-') || value.contains('\n') || value.contains('\0') {
-        return Err(FactError::parse("probe parameter", format!("{value:?} is not a repository")));
+        return Err(FactError::parse(
+            "probe parameter",
+            format!("{value:?} is not a repository"),
+        ));
     }
     Ok(value)
 }
 
 fn absolute(path: &Path) -> Result<&Path, FactError> {
     let text = path.to_string_lossy();
-    if !path.is_absolute() || text.contains('\n') || text.contains("/../") || text.ends_with("/..") {
-        return Err(FactError::parse("probe parameter", format!("{} is not a plain absolute path", path.display())));
+    if !path.is_absolute() || text.contains('\n') || text.contains("/../") || text.ends_with("/..")
+    {
+        return Err(FactError::parse(
+            "probe parameter",
+            format!("{} is not a plain absolute path", path.display()),
+        ));
     }
     Ok(path)
 }
@@ -186,9 +242,13 @@ mod tests {
             password_file: "/run/keys/restic".into(),
         };
         assert!(bad_job.invocation().is_err());
-        let relative = Probe::LuksDump { device: "dev/sda2".into() };
+        let relative = Probe::LuksDump {
+            device: "dev/sda2".into(),
+        };
         assert!(relative.invocation().is_err());
-        let good = Probe::LuksDump { device: "/dev/disk/by-uuid/0b7d".into() };
+        let good = Probe::LuksDump {
+            device: "/dev/disk/by-uuid/0b7d".into(),
+        };
         let it = good.invocation().unwrap();
         assert_eq!(it.name, "luks-dump.dev-disk-by-uuid-0b7d");
         assert_eq!(it.args, vec!["luksDump", "/dev/disk/by-uuid/0b7d"]);
