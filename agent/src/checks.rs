@@ -246,13 +246,7 @@ pub fn finish(
         expires: it.expires,
         expired: today > it.expires,
     });
-    let summary_result = judgement
-        .results
-        .iter()
-        .max_by_key(|it| it.status.badness());
-    let mut summary = summary_result
-        .map(|it| it.message.clone())
-        .unwrap_or_default();
+    let mut summary = summarize(&judgement.results, status);
     // Only a definite fail can be waived: an unknown is a monitoring failure, not a known risk.
     if status == Status::Fail
         && let Some(waiver) = &waiver
@@ -294,6 +288,35 @@ pub fn finish(
         waiver,
         observed_at: now,
     }
+}
+
+/// The one-line reason of a finding: the first of its worst rule results, or a count when
+/// every rule holds (the last passing rule says little about the others).
+fn summarize(results: &[RuleResult], status: Status) -> String {
+    if status == Status::Pass {
+        let n_pass = results
+            .iter()
+            .filter(|it| it.status == Status::Pass)
+            .count();
+        return match n_pass {
+            1 => results
+                .iter()
+                .find(|it| it.status == Status::Pass)
+                .map(|it| it.message.clone())
+                .unwrap_or_default(),
+            _ => format!("all {n_pass} rules pass"),
+        };
+    }
+    let worst = results
+        .iter()
+        .map(|it| it.status.badness())
+        .max()
+        .unwrap_or(0);
+    results
+        .iter()
+        .find(|it| it.status.badness() == worst)
+        .map(|it| it.message.clone())
+        .unwrap_or_default()
 }
 
 /// Fixes are listed for warn, fail and unknown rules, not for those that hold.

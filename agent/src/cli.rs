@@ -254,7 +254,7 @@ fn write_table(out: &mut dyn Write, report: &Report) -> std::io::Result<()> {
             let fix = finding
                 .fixes
                 .first()
-                .map(|it| format!("{} [{}]", it.action, it.safety.as_str()))
+                .map(|it| format!("{} [{}]", one_line(&it.action, 60), it.safety.as_str()))
                 .unwrap_or_else(|| "-".to_string());
             [
                 finding.check.clone(),
