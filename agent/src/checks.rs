@@ -264,8 +264,11 @@ pub fn finish(
             );
         }
     }
+    // Worst rules first, so the first fix remedies the rule the summary names.
+    let mut by_badness: Vec<&RuleResult> = judgement.results.iter().collect();
+    by_badness.sort_by_key(|it| std::cmp::Reverse(it.status.badness()));
     let mut fixes: Vec<Fix> = Vec::new();
-    for result in &judgement.results {
+    for result in by_badness {
         if let Some(fix) = &result.fix
             && !is_acceptable_rule(result.status)
             && !fixes.contains(fix)

@@ -298,7 +298,7 @@ fn write_table(out: &mut dyn Write, report: &Report) -> std::io::Result<()> {
             {
                 writeln!(
                     out,
-                    "  {:<8} {}: {}",
+                    "  {:<14} {}: {}",
                     result.status.to_string(),
                     result.rule,
                     result.message
@@ -306,7 +306,7 @@ fn write_table(out: &mut dyn Write, report: &Report) -> std::io::Result<()> {
                 if let Some(fix) = &result.fix {
                     writeln!(
                         out,
-                        "           fix: {} [{}]",
+                        "                 fix: {} [{}]",
                         fix.action,
                         fix.safety.as_str()
                     )?;

@@ -286,7 +286,13 @@ fn replay(invocation: &Invocation, dir: &Path) -> Result<Output, FactError> {
 
 fn excerpt(bytes: &[u8]) -> String {
     let text = String::from_utf8_lossy(bytes);
-    let text = text.trim();
+    // One line: reasons end up in table cells and single-line log fields.
+    let text = text
+        .split('\n')
+        .map(str::trim)
+        .filter(|it| !it.is_empty())
+        .collect::<Vec<_>>()
+        .join(" / ");
     let mut res: String = text.chars().take(300).collect();
     if text.chars().count() > 300 {
         res.push('…');
