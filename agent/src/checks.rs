@@ -330,6 +330,23 @@ fn is_acceptable_rule(status: Status) -> bool {
     )
 }
 
+/// How far in the future a recorded time (a build, a backup, a restore test) may lie before it
+/// is a clock problem rather than a fact; beyond it an age is `unknown`, never a pass.
+pub const CLOCK_SKEW_SECONDS: i64 = 3_600;
+
+/// Grades an amount that is worse when larger (an age, a count of days) against two inclusive
+/// limits: `pass` up to `pass_up_to`, `warn` up to `warn_up_to`, `fail` beyond. The pass limit
+/// is tested first, so a baseline whose warn limit lies below its pass limit never warns.
+pub fn grade(amount: i64, pass_up_to: i64, warn_up_to: i64) -> Status {
+    if amount <= pass_up_to {
+        Status::Pass
+    } else if amount <= warn_up_to {
+        Status::Warn
+    } else {
+        Status::Fail
+    }
+}
+
 /// Formats a duration in seconds the way findings say ages: "3 d 4 h", "5 h 2 min", "40 s".
 pub fn format_age(seconds: i64) -> String {
     let seconds = seconds.max(0);
@@ -367,6 +384,16 @@ mod tests {
     }
 
     #[test]
+    fn grades_include_their_limits() {
+        assert_eq!(grade(10, 10, 20), Status::Pass);
+        assert_eq!(grade(11, 10, 20), Status::Warn);
+        assert_eq!(grade(20, 10, 20), Status::Warn);
+        assert_eq!(grade(21, 10, 20), Status::Fail);
+        assert_eq!(grade(-5, 10, 20), Status::Pass);
+        assert_eq!(grade(15, 20, 10), Status::Pass);
+    }
+
+    #[test]
     fn ages_read_naturally() {
         assert_eq!(format_age(3 * 86_400 + 4 * 3_600 + 5), "3 d 4 h");
         assert_eq!(format_age(2 * 3_600 + 120), "2 h 2 min");
@@ -378,9 +405,10 @@ mod tests {
 #[cfg(test)]
 pub mod testing {
     use std::path::{Path, PathBuf};
+    use std::process::Child;
 
     use jiff::Timestamp;
-    use msp_compliance_protocol::finding::{Finding, Status};
+    use msp_compliance_protocol::finding::{Finding, RuleResult, Status};
 
     use crate::baseline::Baseline;
     use crate::checks::RegisteredCheck;
@@ -466,6 +494,58 @@ pub mod testing {
                 found.contains(status),
                 "rule {rule}: expected {status}, found {found:?} in\n{pretty}"
             );
+        }
+    }
+
+    /// The first result of `rule` in a finding; panics, printing the finding, when it has none.
+    pub fn rule<'a>(finding: &'a Finding, rule: &str) -> &'a RuleResult {
+        finding
+            .results
+            .iter()
+            .find(|it| it.rule == rule)
+            .unwrap_or_else(|| panic!("no {rule} in {finding:?}"))
+    }
+
+    /// The message of the first result of `rule`, empty when the finding has none (an
+    /// assertion on the text then fails and prints what was expected).
+    pub fn message<'a>(finding: &'a Finding, rule: &str) -> &'a str {
+        finding
+            .results
+            .iter()
+            .find(|it| it.rule == rule)
+            .map(|it| it.message.as_str())
+            .unwrap_or_default()
+    }
+
+    /// Copies a fixture tree, recreating symlinks as symlinks (their targets are absolute paths
+    /// inside the fixture's root and must stay links for the root prefix to resolve them).
+    /// Tests copy a fixture to change what git cannot keep (mtimes) or to add live parts (a
+    /// socket).
+    pub fn copy_tree(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for entry in std::fs::read_dir(from).unwrap() {
+            let entry = entry.unwrap();
+            let kind = entry.file_type().unwrap();
+            let target = to.join(entry.file_name());
+            if kind.is_symlink() {
+                std::os::unix::fs::symlink(std::fs::read_link(entry.path()).unwrap(), &target)
+                    .unwrap();
+            } else if kind.is_dir() {
+                copy_tree(&entry.path(), &target);
+            } else {
+                std::fs::copy(entry.path(), &target).unwrap();
+            }
+        }
+    }
+
+    /// A daemon a real-tool test started; killed (SIGKILL) and reaped on drop, so it never
+    /// outlives the test, even when an assertion fails.
+    pub struct KillOnDrop(pub Child);
+
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
         }
     }
 

@@ -53,6 +53,96 @@ pub struct ConfigFile {
     /// Backup jobs of hosts without a declared.json (Debian/Ubuntu).
     #[serde(default)]
     pub backup_jobs: Vec<BackupJobFile>,
+    /// Signed, hash-chained evidence.
+    #[serde(default)]
+    pub evidence: EvidenceFile,
+    /// Where evidence is shipped, and the backlog limits.
+    #[serde(default)]
+    pub outbox: OutboxFile,
+}
+
+/// Evidence settings.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EvidenceFile {
+    /// Ed25519 signing key written by `keygen` (mode 0600). When absent, the systemd credential
+    /// `evidence-signing-key` (`$CREDENTIALS_DIRECTORY/evidence-signing-key`) is used if present;
+    /// without either, `check` prints findings but records no evidence.
+    #[serde(default)]
+    pub signing_key_file: Option<PathBuf>,
+    /// Secret for the keyed-hash tokens that replace PHI (so scrubbed records still correlate).
+    /// When absent, a key derived from the signing key is used.
+    #[serde(default)]
+    pub phi_token_key_file: Option<PathBuf>,
+}
+
+/// Outbox settings: sinks and backlog limits.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OutboxFile {
+    /// Undelivered records (per sink) above which an overflow alarm is recorded. Nothing is
+    /// ever dropped: the alarm is evidence, the records stay.
+    #[serde(default = "default_max_backlog_records")]
+    pub max_backlog_records: u64,
+    /// Age of the oldest undelivered record (per sink), in hours, above which an alarm is recorded.
+    #[serde(default = "default_max_backlog_age_hours")]
+    pub max_backlog_age_hours: u64,
+    /// First retry delay after a failed delivery, in milliseconds (doubles per failure, jittered).
+    #[serde(default = "default_backoff_initial_ms")]
+    pub backoff_initial_ms: u64,
+    /// Longest retry delay, in milliseconds.
+    #[serde(default = "default_backoff_max_ms")]
+    pub backoff_max_ms: u64,
+    /// A local directory sink (air-gapped sites): one fsync'd file per envelope.
+    #[serde(default)]
+    pub directory: Option<DirectorySinkFile>,
+    /// An S3 Object Lock (WORM) sink.
+    #[serde(default)]
+    pub s3: Option<S3SinkFile>,
+}
+
+impl Default for OutboxFile {
+    fn default() -> OutboxFile {
+        OutboxFile {
+            max_backlog_records: default_max_backlog_records(),
+            max_backlog_age_hours: default_max_backlog_age_hours(),
+            backoff_initial_ms: default_backoff_initial_ms(),
+            backoff_max_ms: default_backoff_max_ms(),
+            directory: None,
+            s3: None,
+        }
+    }
+}
+
+/// The directory sink.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DirectorySinkFile {
+    /// Directory that receives `<site>/<host>/<seq>-<digest>.json` files.
+    pub path: PathBuf,
+}
+
+/// The S3 Object Lock sink.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct S3SinkFile {
+    /// Endpoint URL, e.g. `https://s3.eu-central-1.amazonaws.com` or an S3-compatible server.
+    pub endpoint: String,
+    /// Bucket, created with Object Lock enabled.
+    pub bucket: String,
+    /// Region for SigV4.
+    #[serde(default = "default_s3_region")]
+    pub region: String,
+    /// Key prefix inside the bucket.
+    #[serde(default)]
+    pub prefix: String,
+    /// Path-style addressing (`endpoint/bucket/key`), as most S3-compatible servers need.
+    #[serde(default = "default_true")]
+    pub path_style: bool,
+    /// File holding the access key id.
+    pub access_key_id_file: PathBuf,
+    /// File holding the secret access key.
+    pub secret_access_key_file: PathBuf,
 }
 
 /// Limits for external commands.
@@ -153,6 +243,24 @@ fn default_search_path() -> Vec<PathBuf> {
 fn default_clamav_db() -> PathBuf {
     PathBuf::from("/var/lib/clamav")
 }
+fn default_max_backlog_records() -> u64 {
+    1_000_000
+}
+fn default_max_backlog_age_hours() -> u64 {
+    72
+}
+fn default_backoff_initial_ms() -> u64 {
+    1_000
+}
+fn default_backoff_max_ms() -> u64 {
+    300_000
+}
+fn default_s3_region() -> String {
+    "us-east-1".to_string()
+}
+fn default_true() -> bool {
+    true
+}
 
 /// The validated configuration.
 #[derive(Clone, Debug)]
@@ -183,6 +291,12 @@ pub struct Config {
     pub clamav_database_dir: PathBuf,
     /// Hand-configured backup jobs.
     pub backup_jobs: Vec<DeclaredBackupJob>,
+    /// Evidence signing key file, if configured (else the systemd credential, else none).
+    pub signing_key_file: Option<PathBuf>,
+    /// PHI token key file, if configured.
+    pub phi_token_key_file: Option<PathBuf>,
+    /// Outbox settings (validated).
+    pub outbox: OutboxFile,
 }
 
 impl Config {
@@ -253,6 +367,68 @@ impl Config {
                 ));
             }
         }
+        let outbox = &file.outbox;
+        if outbox.backoff_initial_ms == 0 || outbox.backoff_initial_ms > outbox.backoff_max_ms {
+            return Err(invalid(
+                "outbox.backoff_initial_ms",
+                format!(
+                    "expected 1 to outbox.backoff_max_ms ({}), found {}",
+                    outbox.backoff_max_ms, outbox.backoff_initial_ms
+                ),
+            ));
+        }
+        if outbox.max_backlog_records == 0 {
+            return Err(invalid(
+                "outbox.max_backlog_records",
+                "expected at least 1, found 0".to_string(),
+            ));
+        }
+        let key_paths = [
+            (
+                "evidence.signing_key_file",
+                file.evidence.signing_key_file.as_ref(),
+            ),
+            (
+                "evidence.phi_token_key_file",
+                file.evidence.phi_token_key_file.as_ref(),
+            ),
+            (
+                "outbox.directory.path",
+                outbox.directory.as_ref().map(|it| &it.path),
+            ),
+            (
+                "outbox.s3.access_key_id_file",
+                outbox.s3.as_ref().map(|it| &it.access_key_id_file),
+            ),
+            (
+                "outbox.s3.secret_access_key_file",
+                outbox.s3.as_ref().map(|it| &it.secret_access_key_file),
+            ),
+        ];
+        for (field, value) in key_paths {
+            if let Some(value) = value
+                && !value.is_absolute()
+            {
+                return Err(invalid(
+                    field,
+                    format!("expected an absolute path, found {}", value.display()),
+                ));
+            }
+        }
+        if let Some(s3) = &outbox.s3 {
+            if !(s3.endpoint.starts_with("https://") || s3.endpoint.starts_with("http://")) {
+                return Err(invalid(
+                    "outbox.s3.endpoint",
+                    format!("expected an http(s) URL, found {:?}", s3.endpoint),
+                ));
+            }
+            if s3.bucket.is_empty() || s3.bucket.contains('/') {
+                return Err(invalid(
+                    "outbox.s3.bucket",
+                    format!("expected a bucket name, found {:?}", s3.bucket),
+                ));
+            }
+        }
         let mut backup_jobs = Vec::new();
         for (idx, job) in file.backup_jobs.into_iter().enumerate() {
             let field = |name: &str| format!("backup_jobs[{idx}].{name}");
@@ -289,6 +465,9 @@ impl Config {
             clamd_socket: file.clamav.socket,
             clamav_database_dir: file.clamav.database_dir,
             backup_jobs,
+            signing_key_file: file.evidence.signing_key_file,
+            phi_token_key_file: file.evidence.phi_token_key_file,
+            outbox: file.outbox,
         })
     }
 
@@ -310,6 +489,9 @@ impl Config {
             clamd_socket: None,
             clamav_database_dir: default_clamav_db(),
             backup_jobs: Vec::new(),
+            signing_key_file: None,
+            phi_token_key_file: None,
+            outbox: OutboxFile::default(),
         }
     }
 }

@@ -9,7 +9,9 @@
 //! - [`probe`] is the one interface for facts that need privilege (the nft ruleset, auditd
 //!   status, LUKS headers, backup repositories), so the least-privilege probe units plug in
 //!   without touching the checks;
-//! - [`declared`] is what the NixOS generation declares (`/etc/msp-compliance/declared.json`).
+//! - [`declared`] is what the NixOS generation declares (`/etc/msp-compliance/declared.json`);
+//! - [`systemd`] parses what systemd's tools print (`systemctl show` blocks, timestamps), for
+//!   the checks that ran them through [`command`].
 //!
 //! This module reads and never writes. A fact that cannot be read is a [`FactError`], which the
 //! checks turn into an `unknown` rule result with the error as its reason.
@@ -18,6 +20,7 @@ pub mod command;
 pub mod declared;
 pub mod fs;
 pub mod probe;
+pub mod systemd;
 
 use std::path::PathBuf;
 

@@ -17,4 +17,5 @@ pub mod baseline;
 pub mod checks;
 pub mod cli;
 pub mod config;
+pub mod evidence;
 pub mod facts;

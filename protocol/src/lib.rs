@@ -15,10 +15,21 @@
 //! - Identifiers that both ends must agree on (check ids, HIPAA citations) are constants defined
 //!   once, in [`ids`].
 //!
-//! Later issues add RFC 8785 canonical JSON, DSSE envelopes, orders and evidence statements here.
+//! - Signed things are DSSE envelopes ([`dsse`]) verified over the exact bytes received; only
+//!   the verifier can produce a [`dsse::Verified`], so unverified bytes cannot reach a parser
+//!   that expects verified ones.
+//! - Payloads and digests use RFC 8785 canonical JSON ([`jcs`]), so a digest does not depend
+//!   on whitespace, key order or number spelling.
+//! - Evidence records are in-toto Statement v1 payloads chained by `seq` and `prev`
+//!   ([`evidence`]); [`evidence::ChainVerifier`] is the one chain verifier of agent and server.
+//!
+//! Later issues add orders and rule bundles here.
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod dsse;
+pub mod evidence;
 pub mod finding;
 pub mod ids;
+pub mod jcs;

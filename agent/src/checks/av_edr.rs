@@ -22,9 +22,10 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::baseline::{AvEdrPolicy, Baseline};
-use crate::checks::{Check, Judgement, format_age};
+use crate::checks::{CLOCK_SKEW_SECONDS, Check, Judgement, format_age, grade};
 use crate::facts::command::Invocation;
 use crate::facts::declared::DeclaredClamav;
+use crate::facts::systemd::{self, Properties, property};
 use crate::facts::{DeclaredState, FactError, Host};
 
 /// clamd's configuration; Debian's clamav-daemon and NixOS's `services.clamav` both render it here.
@@ -55,8 +56,6 @@ const FRESHCLAM_UNITS: [&str; 3] = [
 const FRESHCLAM_CRON: &str = "/etc/cron.d/clamav-freshclam";
 /// CrowdStrike's control tool; the sensor is not packaged, it is installed under /opt.
 const FALCONCTL: &str = "/opt/CrowdStrike/falconctl";
-/// How far in the future a build time may lie before it is a clock problem rather than a fact.
-const CLOCK_SKEW_SECONDS: i64 = 3_600;
 const MONTHS: [&str; 12] = [
     "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
 ];
@@ -142,9 +141,6 @@ struct CvdHeader {
     built_at: Timestamp,
 }
 
-/// `systemctl show` properties of one unit.
-type Properties = Vec<(String, String)>;
-
 /// The fields of `mdatp health --output json` the check judges.
 struct MdatpHealth {
     healthy: bool,
@@ -208,23 +204,19 @@ impl Check for AvEdr {
             .collect();
         let freshclam_units = systemctl_show(host);
         let freshclam_cron = host.root.exists(Path::new(FRESHCLAM_CRON));
-        let mdatp = match host.run(&Invocation::new(
-            "mdatp-health",
-            "mdatp",
-            &["health", "--output", "json"],
-        )) {
-            Ok(out) if out.status == 0 => parse_mdatp_health(&out.stdout).map(Some),
-            Ok(out) => Err(command_failed("mdatp health --output json", &out)),
+        let mdatp_health =
+            Invocation::new("mdatp-health", "mdatp", &["health", "--output", "json"]);
+        let mdatp = match host
+            .run(&mdatp_health)
+            .and_then(|out| out.success(&mdatp_health))
+        {
+            Ok(out) => parse_mdatp_health(&out.stdout).map(Some),
             Err(FactError::ToolMissing { .. }) => Ok(None),
             Err(err) => Err(err),
         };
-        let falcon = match host.run(&Invocation::new(
-            "falconctl-rfm-state",
-            FALCONCTL,
-            &["-g", "--rfm-state"],
-        )) {
-            Ok(out) if out.status == 0 => parse_falcon_rfm(&out.stdout_text()).map(Some),
-            Ok(out) => Err(command_failed(&format!("{FALCONCTL} -g --rfm-state"), &out)),
+        let rfm_state = Invocation::new("falconctl-rfm-state", FALCONCTL, &["-g", "--rfm-state"]);
+        let falcon = match host.run(&rfm_state).and_then(|out| out.success(&rfm_state)) {
+            Ok(out) => parse_falcon_rfm(&out.stdout_text()).map(Some),
             Err(FactError::ToolMissing { .. }) => Ok(None),
             Err(err) => Err(err),
         };
@@ -305,7 +297,7 @@ fn clamav_evidence(obs: &Observation, declared: Option<&DeclaredClamav>) -> Vec<
     if let Ok(units) = &obs.freshclam_units {
         for unit in units {
             if unit_installed(unit) {
-                res.push(property(unit, "Id").to_string());
+                res.push(property(unit, "Id").unwrap_or_default().to_string());
             }
         }
     }
@@ -566,14 +558,11 @@ fn grade_age(age: i64, policy: &AvEdrPolicy) -> Option<Status> {
     if age < -CLOCK_SKEW_SECONDS {
         return None;
     }
-    let res = if age <= i64::from(policy.signature_warn_hours) * 3_600 {
-        Status::Pass
-    } else if age <= i64::from(policy.signature_fail_days) * 86_400 {
-        Status::Warn
-    } else {
-        Status::Fail
-    };
-    Some(res)
+    Some(grade(
+        age,
+        i64::from(policy.signature_warn_hours) * 3_600,
+        i64::from(policy.signature_fail_days) * 86_400,
+    ))
 }
 
 fn judge_loaded_version(judgement: &mut Judgement, obs: &Observation) {
@@ -703,11 +692,17 @@ fn judge_updater(
             return;
         }
     };
-    let unit = |id: &str| units.iter().find(|it| property(it, "Id") == id);
-    let active = |id: &str| unit(id).is_some_and(|it| property(it, "ActiveState") == "active");
+    let unit = |id: &str| units.iter().find(|it| property(it, "Id") == Some(id));
+    let active =
+        |id: &str| unit(id).is_some_and(|it| property(it, "ActiveState") == Some("active"));
     let service = unit("clamav-freshclam.service");
     let service_state = service
-        .map(|it| (property(it, "ActiveState"), property(it, "Result")))
+        .map(|it| {
+            (
+                property(it, "ActiveState").unwrap_or_default(),
+                property(it, "Result").unwrap_or_default(),
+            )
+        })
         .unwrap_or(("", ""));
     if active("clamav-freshclam.service") {
         judgement.rule(
@@ -745,9 +740,9 @@ fn judge_updater(
         .map(|it| {
             format!(
                 "{} ({}, {})",
-                property(it, "Id"),
-                property(it, "ActiveState"),
-                property(it, "UnitFileState")
+                property(it, "Id").unwrap_or_default(),
+                property(it, "ActiveState").unwrap_or_default(),
+                property(it, "UnitFileState").unwrap_or_default()
             )
         })
         .collect();
@@ -975,14 +970,7 @@ fn observed(obs: &Observation) -> Value {
         })
         .collect();
     let units = match &obs.freshclam_units {
-        Ok(units) => Value::Array(
-            units
-                .iter()
-                .map(|unit| {
-                    Value::Object(unit.iter().map(|(k, v)| (k.clone(), json!(v))).collect())
-                })
-                .collect(),
-        ),
+        Ok(units) => systemd::units_json(units),
         Err(err) => json!({"error": err.to_string()}),
     };
     let mdatp = match &obs.mdatp {
@@ -1333,46 +1321,13 @@ fn systemctl_show(host: &Host) -> Result<Vec<Properties>, FactError> {
     args.push("--property=Id,ActiveState,UnitFileState,Result");
     let invocation = Invocation::new("systemctl-show-freshclam", "systemctl", &args);
     let out = host.run(&invocation)?.success(&invocation)?;
-    parse_systemctl_show(&out.stdout_text())
-}
-
-/// Parses `systemctl show` output: `Key=Value` lines, one blank-line-separated block per unit.
-fn parse_systemctl_show(text: &str) -> Result<Vec<Properties>, FactError> {
-    let mut res = Vec::new();
-    let mut current: Properties = Vec::new();
-    for line in text.lines() {
-        if line.trim().is_empty() {
-            if !current.is_empty() {
-                res.push(std::mem::take(&mut current));
-            }
-            continue;
-        }
-        if let Some((key, value)) = line.split_once('=') {
-            current.push((key.to_string(), value.to_string()));
-        }
-    }
-    if !current.is_empty() {
-        res.push(current);
-    }
-    if res.is_empty() || res.iter().any(|it| property(it, "Id").is_empty()) {
-        return Err(FactError::parse(
-            "systemctl show output",
-            "expected one block with Id= per unit",
-        ));
-    }
-    Ok(res)
-}
-
-fn property<'a>(unit: &'a Properties, key: &str) -> &'a str {
-    unit.iter()
-        .find(|(k, _)| k == key)
-        .map(|(_, v)| v.as_str())
-        .unwrap_or("")
+    systemd::parse_show_units(&out.stdout_text())
 }
 
 /// A unit whose file exists (an empty UnitFileState means "not found") or that runs anyway.
 fn unit_installed(unit: &Properties) -> bool {
-    !property(unit, "UnitFileState").is_empty() || property(unit, "ActiveState") == "active"
+    property(unit, "UnitFileState").is_some_and(|it| !it.is_empty())
+        || property(unit, "ActiveState") == Some("active")
 }
 
 /// `mdatp health --output json`. The JSON spelling is camelCase, settings that a policy can
@@ -1480,14 +1435,6 @@ fn parse_falcon_rfm(text: &str) -> Result<FalconState, FactError> {
     Ok(FalconState { rfm, reason })
 }
 
-fn command_failed(command: &str, out: &crate::facts::command::Output) -> FactError {
-    FactError::CommandFailed {
-        command: command.to_string(),
-        status: out.status,
-        stderr: out.stderr_excerpt(),
-    }
-}
-
 /// At most 80 characters of a foreign string, for messages.
 fn excerpt(text: &str) -> String {
     let mut res: String = text.chars().take(80).collect();
@@ -1500,7 +1447,7 @@ fn excerpt(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use std::path::{Path, PathBuf};
-    use std::process::{Child, Command, Stdio};
+    use std::process::{Command, Stdio};
     use std::time::{Duration, Instant};
 
     use msp_compliance_protocol::finding::Status;
@@ -1508,7 +1455,8 @@ mod tests {
 
     use super::*;
     use crate::checks::testing::{
-        assert_finding, check_fixture, default_paths, fixture_root, host_at, real_tools, run_on, ts,
+        KillOnDrop, assert_finding, check_fixture, copy_tree, default_paths, fixture_root, host_at,
+        real_tools, rule, run_on, ts,
     };
 
     // Fixture formats (see tests/fixtures/av_edr/README.md for each file's source):
@@ -1579,12 +1527,7 @@ mod tests {
                 ("av_edr.updater", Status::Fail),
             ],
         );
-        let message = &finding
-            .results
-            .iter()
-            .find(|it| it.rule == "av_edr.signature_age")
-            .unwrap()
-            .message;
+        let message = &rule(&finding, "av_edr.signature_age").message;
         assert!(
             message.contains("daily.cld version 27826") && message.contains("older than 7 d"),
             "{message}"
@@ -1689,12 +1632,7 @@ mod tests {
                 ("av_edr.daemon", Status::Fail),
             ],
         );
-        let message = &finding
-            .results
-            .iter()
-            .find(|it| it.rule == "av_edr.signature_age")
-            .unwrap()
-            .message;
+        let message = &rule(&finding, "av_edr.signature_age").message;
         assert!(
             message.contains("version \"27x35\" is not a number"),
             "{message}"
@@ -1727,11 +1665,7 @@ mod tests {
             finding.observed["clamav"]["socket"]["path"],
             "/srv/clamd/socket"
         );
-        let daemon = finding
-            .results
-            .iter()
-            .find(|it| it.rule == "av_edr.daemon")
-            .unwrap();
+        let daemon = rule(&finding, "av_edr.daemon");
         assert!(
             daemon.message.contains("/srv/clamd/socket does not exist"),
             "{}",
@@ -1862,7 +1796,7 @@ mod tests {
             let _ = parse_clamd_version(&text);
             let _ = parse_falcon_rfm(&text);
             let _ = parse_clamd_conf(&text);
-            let _ = parse_systemctl_show(&text);
+            let _ = systemd::parse_show_units(&text);
             let _ = parse_mdatp_health(&bytes);
             let _ = parse_mdatp_health(text.as_bytes());
             let _ = parse_build_time(&text);
@@ -1923,21 +1857,10 @@ mod tests {
         )
     }
 
-    /// A clamd started by a test; killed (SIGKILL, leaving its socket file behind) on drop.
-    struct Clamd {
-        child: Child,
-    }
-
-    impl Drop for Clamd {
-        fn drop(&mut self) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-
     /// Starts `/usr/sbin/clamd` in the foreground with our own configuration and waits (at most
-    /// 30 s) until it answers PING on `socket`.
-    fn start_clamd(work: &Path, socket: &Path, database_dir: &Path) -> Clamd {
+    /// 30 s) until it answers PING on `socket`. Dropping the guard kills clamd with SIGKILL, so
+    /// its socket file stays behind as after a crash.
+    fn start_clamd(work: &Path, socket: &Path, database_dir: &Path) -> KillOnDrop {
         let conf = work.join("clamd-test.conf");
         std::fs::write(
             &conf,
@@ -1959,7 +1882,7 @@ mod tests {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let mut clamd = Clamd { child };
+        let mut clamd = KillOnDrop(child);
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Ok(reply) = clamd_exchange(socket, socket, b"zPING\0")
@@ -1967,7 +1890,7 @@ mod tests {
             {
                 return clamd;
             }
-            if let Ok(Some(status)) = clamd.child.try_wait() {
+            if let Ok(Some(status)) = clamd.0.try_wait() {
                 let log = std::fs::read_to_string(work.join("clamd.log")).unwrap_or_default();
                 panic!("clamd exited with {status} before answering:\n{log}");
             }
@@ -2208,22 +2131,5 @@ mod tests {
         std::fs::write(&junk, &bytes).unwrap();
         assert!(!sigtool_info(&junk).accepted);
         assert!(parse_cvd_header(&bytes).is_err());
-    }
-
-    fn copy_tree(from: &Path, to: &Path) {
-        for entry in std::fs::read_dir(from).unwrap() {
-            let entry = entry.unwrap();
-            let target = to.join(entry.file_name());
-            let kind = entry.file_type().unwrap();
-            if kind.is_dir() {
-                std::fs::create_dir_all(&target).unwrap();
-                copy_tree(&entry.path(), &target);
-            } else if kind.is_symlink() {
-                std::os::unix::fs::symlink(std::fs::read_link(entry.path()).unwrap(), &target)
-                    .unwrap();
-            } else {
-                std::fs::copy(entry.path(), &target).unwrap();
-            }
-        }
     }
 }

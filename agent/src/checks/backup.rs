@@ -32,10 +32,11 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::baseline::{BackupPolicy, Baseline};
-use crate::checks::{Check, Judgement, format_age};
+use crate::checks::{CLOCK_SKEW_SECONDS, Check, Judgement, format_age, grade};
 use crate::facts::command::Invocation;
 use crate::facts::declared::{BackupTool, DeclaredBackupJob};
-use crate::facts::probe::Probe;
+use crate::facts::probe::{self, Probe};
+use crate::facts::systemd::{self, Properties, property};
 use crate::facts::{DeclaredState, FactError, Host};
 
 /// Largest status file read: a `restic snapshots --json` of thousands of snapshots fits.
@@ -44,8 +45,6 @@ const STATUS_FILE_LIMIT: u64 = 16 * 1024 * 1024;
 const RESTORE_TEST_LIMIT: u64 = 64 * 1024;
 /// Where the host's name is read, to pick this host's snapshots from a shared repository.
 const HOSTNAME_FILES: [&str; 2] = ["/proc/sys/kernel/hostname", "/etc/hostname"];
-/// How far in the future a timestamp may lie before it is a clock problem rather than a fact.
-const CLOCK_SKEW_SECONDS: i64 = 3_600;
 /// Unit properties read for a job's service and timer.
 const UNIT_PROPERTIES: &str =
     "--property=Id,LoadState,ActiveState,UnitFileState,Result,ExecMainStatus,ExecMainExitTimestamp";
@@ -134,9 +133,6 @@ struct RestoreTest {
     files_checked: u64,
     duration_ms: u64,
 }
-
-/// `systemctl show` properties of one unit.
-type Properties = Vec<(String, String)>;
 
 /// The state of a job's service unit.
 enum UnitView<'a> {
@@ -264,7 +260,7 @@ fn observe_job(host: &Host, job: DeclaredBackupJob, origin: Origin) -> JobObserv
     let units = host
         .run(&invocation)
         .and_then(|out| out.success(&invocation))
-        .and_then(|out| parse_systemctl_show(&out.stdout_text()));
+        .and_then(|out| systemd::parse_show_units(&out.stdout_text()));
     let restore_test = host
         .root
         .read_bounded(&restore_test_path, RESTORE_TEST_LIMIT)
@@ -535,13 +531,11 @@ fn judge_rpo(
         );
         return;
     }
-    let mut status = if age <= i64::from(policy.rpo_warn_hours) * 3_600 {
-        Status::Pass
-    } else if age <= i64::from(policy.rpo_fail_hours) * 3_600 {
-        Status::Warn
-    } else {
-        Status::Fail
-    };
+    let mut status = grade(
+        age,
+        i64::from(policy.rpo_warn_hours) * 3_600,
+        i64::from(policy.rpo_fail_hours) * 3_600,
+    );
     let mut message = match status {
         Status::Warn => format!("{what}: older than {} h", policy.rpo_warn_hours),
         Status::Fail => format!("{what}: older than {} h", policy.rpo_fail_hours),
@@ -566,28 +560,27 @@ fn unit_view<'a>(job: &'a JobObservation, unit: &str) -> UnitView<'a> {
         Ok(it) => it,
         Err(err) => return UnitView::Unreadable(err),
     };
-    let Some(properties) = units.iter().find(|it| property(it, "Id") == unit) else {
+    let Some(properties) = units.iter().find(|it| property(it, "Id") == Some(unit)) else {
         return UnitView::NotLoaded("not-found");
     };
-    let load_state = property(properties, "LoadState");
+    // A property systemctl did not print reads like one it printed unset (`Key=`).
+    let value = |key: &str| property(properties, key).unwrap_or_default();
+    let load_state = value("LoadState");
     if !(load_state.is_empty() || load_state == "loaded") {
         return UnitView::NotLoaded(load_state);
     }
-    let exited_at = property(properties, "ExecMainExitTimestamp");
+    let exited_at = value("ExecMainExitTimestamp");
     let running = matches!(
-        property(properties, "ActiveState"),
+        value("ActiveState"),
         "activating" | "reloading" | "deactivating"
     );
     if exited_at.is_empty() || exited_at == "n/a" {
         return UnitView::NeverRan;
     }
-    let status = property(properties, "ExecMainStatus")
-        .trim()
-        .parse::<i64>()
-        .unwrap_or(0);
+    let status = value("ExecMainStatus").trim().parse::<i64>().unwrap_or(0);
     UnitView::Ran {
         status,
-        result: property(properties, "Result"),
+        result: value("Result"),
         exited_at,
         running,
     }
@@ -791,12 +784,14 @@ fn judge_timer(judgement: &mut Judgement, job: &JobObservation) {
         return;
     }
     let live = match &job.units {
-        Ok(units) => units.iter().find(|it| property(it, "Id") == timer),
+        Ok(units) => units
+            .iter()
+            .find(|it| property(it, "Id") == Some(timer.as_str())),
         Err(_) => None,
     };
-    let loaded = live.filter(|it| matches!(property(it, "LoadState"), "" | "loaded"));
+    let loaded = live.filter(|it| matches!(property(it, "LoadState"), None | Some("" | "loaded")));
     match (job.origin, loaded) {
-        (_, Some(unit)) if property(unit, "ActiveState") == "active" => {
+        (_, Some(unit)) if property(unit, "ActiveState") == Some("active") => {
             judgement.rule(rule, Status::Pass, format!("job {name}: {timer} is active"));
         }
         (_, Some(unit)) => {
@@ -805,8 +800,8 @@ fn judge_timer(judgement: &mut Judgement, job: &JobObservation) {
                 Status::Fail,
                 format!(
                     "job {name}: {timer} is {} ({})",
-                    property(unit, "ActiveState"),
-                    property(unit, "UnitFileState")
+                    property(unit, "ActiveState").unwrap_or_default(),
+                    property(unit, "UnitFileState").unwrap_or_default()
                 ),
                 format!("systemctl start {timer}"),
                 SafetyClass::Safe,
@@ -951,14 +946,7 @@ fn observed(obs: &Observation) -> Value {
                 Err(err) => json!({"error": redact_userinfo(&err.to_string())}),
             };
             let units = match &it.units {
-                Ok(units) => Value::Array(
-                    units
-                        .iter()
-                        .map(|unit| {
-                            Value::Object(unit.iter().map(|(k, v)| (k.clone(), json!(v))).collect())
-                        })
-                        .collect(),
-                ),
+                Ok(units) => systemd::units_json(units),
                 Err(err) => json!({"error": err.to_string()}),
             };
             let restore_test = match &it.restore_test {
@@ -1024,16 +1012,10 @@ fn redact_userinfo(text: &str) -> String {
     res
 }
 
-/// A job name that is safe as a file name and a unit instance: `[A-Za-z0-9_.-]`, not empty, not
-/// starting with `.` or `-`, at most 100 bytes (the probe applies the same rule).
+/// A job name that is safe as a file name and a unit instance: the probe's rule
+/// ([`probe::is_plain_name`]), so a job the check reads is one the probe accepts.
 fn plain_name(name: &str) -> Result<(), FactError> {
-    let ok = !name.is_empty()
-        && name.len() <= 100
-        && !name.starts_with(['.', '-'])
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
-    if ok {
+    if probe::is_plain_name(name) {
         Ok(())
     } else {
         Err(FactError::parse(
@@ -1175,50 +1157,16 @@ fn parse_restore_test(bytes: &[u8], job: &str, what: &str) -> Result<RestoreTest
     })
 }
 
-/// Parses `systemctl show` output: `Key=Value` lines, one blank-line-separated block per unit.
-fn parse_systemctl_show(text: &str) -> Result<Vec<Properties>, FactError> {
-    let mut res = Vec::new();
-    let mut current: Properties = Vec::new();
-    for line in text.lines() {
-        if line.trim().is_empty() {
-            if !current.is_empty() {
-                res.push(std::mem::take(&mut current));
-            }
-            continue;
-        }
-        if let Some((key, value)) = line.split_once('=') {
-            current.push((key.to_string(), value.to_string()));
-        }
-    }
-    if !current.is_empty() {
-        res.push(current);
-    }
-    if res.is_empty() || res.iter().any(|it| property(it, "Id").is_empty()) {
-        return Err(FactError::parse(
-            "systemctl show output",
-            "expected one block with Id= per unit",
-        ));
-    }
-    Ok(res)
-}
-
-fn property<'a>(unit: &'a Properties, key: &str) -> &'a str {
-    unit.iter()
-        .find(|(k, _)| k == key)
-        .map(|(_, v)| v.as_str())
-        .unwrap_or("")
-}
-
 #[cfg(test)]
 mod tests {
     use std::process::Command;
 
-    use msp_compliance_protocol::finding::{Finding, RuleResult};
     use proptest::prelude::*;
 
     use super::*;
     use crate::checks::testing::{
-        assert_finding, check_fixture, default_paths, fixture_root, host_at, real_tools, run_on, ts,
+        assert_finding, check_fixture, default_paths, fixture_root, host_at, real_tools, rule,
+        run_on, ts,
     };
     use crate::facts::HostPaths;
     use crate::facts::command::{CommandSource, DEFAULT_SEARCH_PATH, Limits};
@@ -1229,14 +1177,6 @@ mod tests {
     // files hold `restic snapshots --json` output as restic 0.17 prints it, `borg list --json`
     // as borg 1.1 prints it, unit state as `systemctl show` prints it.
     const NOW: &str = "2026-11-27T12:00:00Z";
-
-    fn rule<'a>(finding: &'a Finding, rule: &str) -> &'a RuleResult {
-        finding
-            .results
-            .iter()
-            .find(|it| it.rule == rule)
-            .unwrap_or_else(|| panic!("no {rule} in {finding:?}"))
-    }
 
     #[test]
     fn restic_fresh_passes() {
@@ -1568,7 +1508,7 @@ mod tests {
                 let points = parse_points(BackupTool::Restic, input, "x");
                 let borg = parse_points(BackupTool::Borg, input, "x");
                 let test = parse_restore_test(input, "daily", "x");
-                let _ = parse_systemctl_show(&String::from_utf8_lossy(input));
+                let _ = systemd::parse_show_units(&String::from_utf8_lossy(input));
                 let _ = redact_userinfo(&String::from_utf8_lossy(input));
                 let _ = parse_borg_time(&String::from_utf8_lossy(input));
                 // Random input is never a recent snapshot nor a passing restore test.

@@ -1489,7 +1489,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::checks::testing::{check_fixture, default_paths, real_tools, run_on, ts};
+    use crate::checks::testing::{check_fixture, default_paths, real_tools, rule, run_on, ts};
     use crate::facts::command::{CommandSource, DEFAULT_SEARCH_PATH, Limits};
     use crate::facts::fs::Root;
     use crate::facts::probe::ProbeSource;
@@ -1515,11 +1515,7 @@ mod tests {
                 (RULE_CIPHER, Status::Pass),
             ],
         );
-        let cipher = finding
-            .results
-            .iter()
-            .find(|it| it.rule == RULE_CIPHER)
-            .unwrap();
+        let cipher = rule(&finding, RULE_CIPHER);
         assert!(
             cipher
                 .message
@@ -1583,11 +1579,7 @@ mod tests {
                 (RULE_CIPHER, Status::NotApplicable),
             ],
         );
-        let phi = finding
-            .results
-            .iter()
-            .find(|it| it.rule == RULE_PHI_PATHS)
-            .unwrap();
+        let phi = rule(&finding, RULE_PHI_PATHS);
         assert_eq!(
             phi.fix.as_ref().unwrap().safety,
             SafetyClass::NeverAutomatic
@@ -1603,11 +1595,7 @@ mod tests {
             Status::Fail,
             &[(RULE_SWAP, Status::Fail), (RULE_PHI_PATHS, Status::Pass)],
         );
-        let swap = finding
-            .results
-            .iter()
-            .find(|it| it.rule == RULE_SWAP)
-            .unwrap();
+        let swap = rule(&finding, RULE_SWAP);
         assert!(swap.message.contains("/dev/sda3"), "{}", swap.message);
         assert_eq!(swap.fix.as_ref().unwrap().safety, SafetyClass::Disruptive);
     }
@@ -1701,11 +1689,7 @@ mod tests {
             Status::Fail,
             &[(RULE_CIPHER, Status::Fail), (RULE_PHI_PATHS, Status::Pass)],
         );
-        let cipher = finding
-            .results
-            .iter()
-            .find(|it| it.rule == RULE_CIPHER)
-            .unwrap();
+        let cipher = rule(&finding, RULE_CIPHER);
         assert!(cipher.message.contains("256-bit key"), "{}", cipher.message);
     }
 
@@ -1721,11 +1705,7 @@ mod tests {
                 (RULE_PHI_PATHS, Status::Pass),
             ],
         );
-        let cipher = finding
-            .results
-            .iter()
-            .find(|it| it.rule == RULE_CIPHER)
-            .unwrap();
+        let cipher = rule(&finding, RULE_CIPHER);
         assert!(
             cipher.message.contains("access denied"),
             "{}",
@@ -1968,17 +1948,9 @@ mod tests {
                 baseline_now,
             );
             let pretty = serde_json::to_string_pretty(&finding).unwrap();
-            let phi = finding
-                .results
-                .iter()
-                .find(|it| it.rule == RULE_PHI_PATHS)
-                .unwrap();
+            let phi = rule(&finding, RULE_PHI_PATHS);
             assert_eq!(phi.status, Status::Pass, "{pretty}");
-            let cipher = finding
-                .results
-                .iter()
-                .find(|it| it.rule == RULE_CIPHER)
-                .unwrap();
+            let cipher = rule(&finding, RULE_CIPHER);
             assert_eq!(cipher.status, Status::Pass, "{pretty}");
             assert!(
                 cipher
@@ -2037,17 +2009,9 @@ mod tests {
                 baseline_now,
             );
             let pretty = serde_json::to_string_pretty(&finding).unwrap();
-            let phi = finding
-                .results
-                .iter()
-                .find(|it| it.rule == RULE_PHI_PATHS)
-                .unwrap();
+            let phi = rule(&finding, RULE_PHI_PATHS);
             assert_eq!(phi.status, Status::Pass, "{pretty}");
-            let cipher = finding
-                .results
-                .iter()
-                .find(|it| it.rule == RULE_CIPHER)
-                .unwrap();
+            let cipher = rule(&finding, RULE_CIPHER);
             assert_eq!(cipher.status, Status::Pass, "{pretty}");
             assert!(
                 cipher.message.starts_with(&format!(

@@ -3203,7 +3203,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::checks::testing::{check_fixture, real_tools};
+    use crate::checks::testing::{check_fixture, real_tools, rule};
 
     const NOW: &str = "2026-11-27T12:00:00Z";
 
@@ -3247,22 +3247,14 @@ mod tests {
                 (RULE_DEFAULT_DENY, Status::Pass),
             ],
         );
-        let open = finding
-            .results
-            .iter()
-            .find(|it| it.rule == RULE_OPEN_PORTS)
-            .unwrap();
+        let open = rule(&finding, RULE_OPEN_PORTS);
         assert!(open.message.contains("tcp 8080"), "{}", open.message);
         // Not declared: runtime drift, healed by reloading the declared ruleset.
         assert_eq!(
             open.fix.as_ref().unwrap().action,
             "systemctl restart nftables.service"
         );
-        let declared = finding
-            .results
-            .iter()
-            .find(|it| it.rule == RULE_DECLARED_PORTS)
-            .unwrap();
+        let declared = rule(&finding, RULE_DECLARED_PORTS);
         assert!(
             declared.message.contains("open but not declared: tcp 8080"),
             "{}",
@@ -3284,11 +3276,7 @@ mod tests {
                 (RULE_DECLARED_PORTS, Status::Pass),
             ],
         );
-        let temp = finding
-            .results
-            .iter()
-            .find(|it| it.rule == RULE_TEMP_PORTS)
-            .unwrap();
+        let temp = rule(&finding, RULE_TEMP_PORTS);
         assert!(
             temp.message.contains("tcp 8080; udp 5000-5010"),
             "{}",
@@ -3312,11 +3300,7 @@ mod tests {
                 (RULE_FORWARDING, Status::Pass),
             ],
         );
-        let open = finding
-            .results
-            .iter()
-            .find(|it| it.rule == RULE_OPEN_PORTS)
-            .unwrap();
+        let open = rule(&finding, RULE_OPEN_PORTS);
         assert!(
             open.message.contains("tcp 443, 8000-8010, 9100; udp 51820"),
             "{}",
@@ -3329,11 +3313,7 @@ mod tests {
         );
         // Declared by the generation: only a new generation fixes it.
         assert_eq!(open.fix.as_ref().unwrap().safety, SafetyClass::Disruptive);
-        let trusted = finding
-            .results
-            .iter()
-            .find(|it| it.rule == RULE_TRUSTED)
-            .unwrap();
+        let trusted = rule(&finding, RULE_TRUSTED);
         assert!(trusted.message.ends_with("wg0"), "{}", trusted.message);
     }
 
@@ -3349,11 +3329,7 @@ mod tests {
                 (RULE_OPEN_PORTS, Status::Pass),
             ],
         );
-        let declared = finding
-            .results
-            .iter()
-            .find(|it| it.rule == RULE_DECLARED_PORTS)
-            .unwrap();
+        let declared = rule(&finding, RULE_DECLARED_PORTS);
         assert!(
             declared.message.contains("declared but not open: tcp 443"),
             "{}",
@@ -3439,11 +3415,7 @@ mod tests {
                 (RULE_DECLARED_PORTS, Status::Fail),
             ],
         );
-        let open = finding
-            .results
-            .iter()
-            .find(|it| it.rule == RULE_OPEN_PORTS)
-            .unwrap();
+        let open = rule(&finding, RULE_OPEN_PORTS);
         assert!(open.message.contains("tcp 3306"), "{}", open.message);
     }
 
@@ -3482,11 +3454,7 @@ mod tests {
             Status::Warn,
             &[(RULE_LISTENERS, Status::Warn)],
         );
-        let listeners = finding
-            .results
-            .iter()
-            .find(|it| it.rule == RULE_LISTENERS)
-            .unwrap();
+        let listeners = rule(&finding, RULE_LISTENERS);
         assert!(
             listeners.message.contains("68/udp on 0.0.0.0"),
             "{}",

@@ -1228,27 +1228,18 @@ fn expected_json(policy: &LoggingPolicy) -> Value {
 
 #[cfg(test)]
 mod tests {
-    use std::process::{Child, Command, Stdio};
+    use std::process::{Command, Stdio};
     use std::time::{Duration, Instant};
 
-    use msp_compliance_protocol::finding::{Finding, Status};
+    use msp_compliance_protocol::finding::Status;
     use proptest::prelude::*;
 
     use super::*;
-    use crate::checks::testing::{check_fixture, ts};
+    use crate::checks::testing::{KillOnDrop, check_fixture, message, ts};
 
     // Fixture formats and their sources are listed in tests/fixtures/logging/README.md.
 
     const NOW: &str = "2026-11-27T12:00:00Z";
-
-    fn message<'a>(finding: &'a Finding, rule: &str) -> &'a str {
-        finding
-            .results
-            .iter()
-            .find(|it| it.rule == rule)
-            .map(|it| it.message.as_str())
-            .unwrap_or_default()
-    }
 
     #[test]
     fn fixture_cases() {
@@ -1694,13 +1685,6 @@ mod tests {
         if !crate::checks::testing::real_tools("real_chronyc_tracking") {
             return;
         }
-        struct Daemon(Child);
-        impl Drop for Daemon {
-            fn drop(&mut self) {
-                let _ = self.0.kill();
-                let _ = self.0.wait();
-            }
-        }
         for (name, source, expect) in [
             ("local", "local stratum 10", Status::Pass),
             ("silent", "server 127.0.0.2 iburst", Status::Fail),
@@ -1722,7 +1706,7 @@ mod tests {
                 ),
             )
             .unwrap();
-            let _daemon = Daemon(
+            let _daemon = KillOnDrop(
                 Command::new("chronyd")
                     .args(["-d", "-x", "-u", "root", "-f"])
                     .arg(&conf)

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use jiff::Timestamp;
-use jiff::civil::{Date, DateTime, Time};
+use jiff::civil::{Date, DateTime};
 use jiff::tz::TimeZone;
 use msp_compliance_protocol::finding::{SafetyClass, Status};
 use msp_compliance_protocol::ids::{check, hipaa};
@@ -18,9 +18,10 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::baseline::{Baseline, PatchingPolicy};
-use crate::checks::{Check, Judgement, format_age};
+use crate::checks::{Check, Judgement, format_age, grade};
 use crate::facts::command::Invocation;
 use crate::facts::declared::DeclaredAutoUpgrade;
+use crate::facts::systemd::{self, Properties, property};
 use crate::facts::{DeclaredState, FactError, Host};
 
 /// The patching check (164.308(a)(5)(ii)(B), supporting 164.308(a)(1)(ii)(B)).
@@ -537,30 +538,29 @@ fn observe_auto_upgrade(host: &Host) -> AutoUpgradeFacts {
     }))
 }
 
-/// Parses `systemctl show` `Key=Value` lines.
+/// Parses `systemctl show nixos-upgrade.service`. One unit was asked for, so every `Key=Value`
+/// line is one of its properties; unlike the other checks this one needs its properties to be
+/// printed (`LoadState`, `ActiveState`, `Result`), so an absent one is an error, not "unset".
 fn parse_unit_state(text: &str) -> Result<UnitState, FactError> {
     let what = "systemctl show nixos-upgrade.service";
-    let properties: BTreeMap<&str, &str> = text
-        .lines()
-        .filter_map(|line| line.split_once('='))
-        .collect();
+    let properties: Properties = systemd::parse_show(text).concat();
+    let value = |key: &str| property(&properties, key).map(str::trim);
     let required = |key: &str| {
-        properties
-            .get(key)
-            .map(|it| it.trim().to_string())
+        value(key)
+            .map(str::to_string)
             .ok_or_else(|| FactError::parse(what, format!("no {key}=")))
     };
-    let exec_main_status = match properties.get("ExecMainStatus").map(|it| it.trim()) {
+    let exec_main_status = match value("ExecMainStatus") {
         None | Some("") => None,
         Some(text) => Some(
             text.parse()
                 .map_err(|_| FactError::parse(what, format!("ExecMainStatus={text}")))?,
         ),
     };
-    let exec_main_exit = match properties.get("ExecMainExitTimestamp").map(|it| it.trim()) {
+    let exec_main_exit = match value("ExecMainExitTimestamp") {
         None | Some("") | Some("n/a") => None,
         Some(text) => {
-            Some(parse_systemd_utc_timestamp(text).map_err(|why| FactError::parse(what, why))?)
+            Some(systemd::parse_utc_timestamp(text).map_err(|why| FactError::parse(what, why))?)
         }
     };
     Ok(UnitState {
@@ -570,29 +570,6 @@ fn parse_unit_state(text: &str) -> Result<UnitState, FactError> {
         exec_main_status,
         exec_main_exit,
     })
-}
-
-/// Parses systemd's `Day YYYY-MM-DD HH:MM:SS[.UUUUUU] UTC` (its `--timestamp=utc` format).
-fn parse_systemd_utc_timestamp(text: &str) -> Result<Timestamp, String> {
-    let parts: Vec<&str> = text.split_whitespace().collect();
-    let [_weekday, date, time, zone] = parts.as_slice() else {
-        return Err(format!(
-            "timestamp {text:?} is not `Day YYYY-MM-DD HH:MM:SS UTC`"
-        ));
-    };
-    if *zone != "UTC" {
-        return Err(format!("timestamp {text:?} is not in UTC"));
-    }
-    let date: Date = date
-        .parse()
-        .map_err(|err| format!("timestamp {text:?}: {err}"))?;
-    let time: Time = time
-        .parse()
-        .map_err(|err| format!("timestamp {text:?}: {err}"))?;
-    DateTime::from_parts(date, time)
-        .to_zoned_datetime(TimeZone::UTC)
-        .map(|it| it.timestamp())
-        .map_err(|err| format!("timestamp {text:?}: {err}"))
 }
 
 /// The `btime` line of `/proc/stat`: boot time in seconds since the epoch.
@@ -935,7 +912,12 @@ fn judge_nixpkgs_age(
     }
     let days = age.max(0) / SECONDS_PER_DAY;
     let message = format!("nixpkgs of NixOS {version} is from {date}, {days} days old");
-    if days <= i64::from(policy.nixpkgs_age_warn_days) {
+    let status = grade(
+        days,
+        i64::from(policy.nixpkgs_age_warn_days),
+        i64::from(policy.nixpkgs_age_fail_days),
+    );
+    if status == Status::Pass {
         judgement.rule(
             RULE,
             Status::Pass,
@@ -944,29 +926,20 @@ fn judge_nixpkgs_age(
                 policy.nixpkgs_age_warn_days
             ),
         );
-    } else if days <= i64::from(policy.nixpkgs_age_fail_days) {
-        judgement.rule_with_fix(
-            RULE,
-            Status::Warn,
-            format!(
-                "{message} (more than {} days)",
-                policy.nixpkgs_age_warn_days
-            ),
-            FIX_PINNED_GENERATION,
-            SafetyClass::Disruptive,
-        );
-    } else {
-        judgement.rule_with_fix(
-            RULE,
-            Status::Fail,
-            format!(
-                "{message} (more than {} days)",
-                policy.nixpkgs_age_fail_days
-            ),
-            FIX_PINNED_GENERATION,
-            SafetyClass::Disruptive,
-        );
+        return;
     }
+    let limit = if status == Status::Warn {
+        policy.nixpkgs_age_warn_days
+    } else {
+        policy.nixpkgs_age_fail_days
+    };
+    judgement.rule_with_fix(
+        RULE,
+        status,
+        format!("{message} (more than {limit} days)"),
+        FIX_PINNED_GENERATION,
+        SafetyClass::Disruptive,
+    );
 }
 
 fn judge_release_eol(
@@ -1411,28 +1384,27 @@ fn judge_package_lists(
         newest.path,
         newest.modified
     );
-    if age <= i64::from(policy.package_lists_warn_hours) * 3_600 {
+    let status = grade(
+        age,
+        i64::from(policy.package_lists_warn_hours) * 3_600,
+        i64::from(policy.package_lists_fail_days) * SECONDS_PER_DAY,
+    );
+    if status == Status::Pass {
         judgement.rule(RULE, Status::Pass, message);
-    } else if age <= i64::from(policy.package_lists_fail_days) * SECONDS_PER_DAY {
-        judgement.rule_with_fix(
-            RULE,
-            Status::Warn,
-            format!("{message}; more than {} h", policy.package_lists_warn_hours),
-            FIX_APT_UPDATE,
-            SafetyClass::Safe,
-        );
-    } else {
-        judgement.rule_with_fix(
-            RULE,
-            Status::Fail,
-            format!(
-                "{message}; more than {} days",
-                policy.package_lists_fail_days
-            ),
-            FIX_APT_UPDATE,
-            SafetyClass::Safe,
-        );
+        return;
     }
+    let limit = if status == Status::Warn {
+        format!("more than {} h", policy.package_lists_warn_hours)
+    } else {
+        format!("more than {} days", policy.package_lists_fail_days)
+    };
+    judgement.rule_with_fix(
+        RULE,
+        status,
+        format!("{message}; {limit}"),
+        FIX_APT_UPDATE,
+        SafetyClass::Safe,
+    );
 }
 
 fn judge_security_upgrades(
@@ -1612,29 +1584,11 @@ mod tests {
 
     use super::*;
     use crate::checks::testing::{
-        assert_finding, check_fixture, default_paths, fixture_root, host_at, run_on, ts,
+        assert_finding, check_fixture, copy_tree, default_paths, fixture_root, host_at, message,
+        run_on, ts,
     };
 
     // Fixture formats and their sources are listed in tests/fixtures/patching/README.md.
-
-    /// Copies a fixture tree, recreating symlinks as symlinks (their targets are absolute paths
-    /// inside the fixture's root and must stay links for the root prefix to resolve them).
-    fn copy_tree(from: &Path, to: &Path) {
-        std::fs::create_dir_all(to).unwrap();
-        for entry in std::fs::read_dir(from).unwrap() {
-            let entry = entry.unwrap();
-            let kind = entry.file_type().unwrap();
-            let target = to.join(entry.file_name());
-            if kind.is_symlink() {
-                std::os::unix::fs::symlink(std::fs::read_link(entry.path()).unwrap(), &target)
-                    .unwrap();
-            } else if kind.is_dir() {
-                copy_tree(&entry.path(), &target);
-            } else {
-                std::fs::copy(entry.path(), &target).unwrap();
-            }
-        }
-    }
 
     /// Runs the check on a copy of a fixture whose listed paths get the given mtimes (git keeps
     /// no mtimes), with links' own times set rather than their targets'.
@@ -1656,15 +1610,6 @@ mod tests {
         let finding = run_on(&Patching, &host, &Baseline::embedded(), ts(now));
         assert_finding(&finding, expect_status, expect_rules);
         finding
-    }
-
-    fn message<'a>(finding: &'a Finding, rule: &str) -> &'a str {
-        finding
-            .results
-            .iter()
-            .find(|it| it.rule == rule)
-            .map(|it| it.message.as_str())
-            .unwrap_or_default()
     }
 
     const NIXOS_NOW: &str = "2026-05-20T12:00:00Z";
@@ -2050,8 +1995,8 @@ mod tests {
         )
         .unwrap();
         assert_eq!(unit.exec_main_exit, Some(ts("2026-11-26T04:40:12Z")));
-        assert!(parse_systemd_utc_timestamp("Thu 2026-11-26 04:40:12 CET").is_err());
-        assert!(parse_systemd_utc_timestamp("Thu 2026-11-26 04:40:12.123456 UTC").is_ok());
+        assert!(systemd::parse_utc_timestamp("Thu 2026-11-26 04:40:12 CET").is_err());
+        assert!(systemd::parse_utc_timestamp("Thu 2026-11-26 04:40:12.123456 UTC").is_ok());
         assert!(parse_unit_state("").is_err());
         assert_eq!(
             parse_boot_time("cpu 1 2\nbtime 1779000000\n").unwrap(),
@@ -2214,7 +2159,7 @@ mod tests {
         #[test]
         fn systemd_and_os_release_parsers_never_panic(text in "\\PC*") {
             let _ = parse_unit_state(&text);
-            let _ = parse_systemd_utc_timestamp(&text);
+            let _ = systemd::parse_utc_timestamp(&text);
             let _ = parse_boot_time(&text);
             let _ = parse_nixos_version_json(&text);
             let os = parse_os_release(Path::new(OS_RELEASE), &text);

@@ -182,16 +182,22 @@ fn looks_like_permission_error(stderr: &[u8]) -> bool {
     .any(|it| text.contains(it))
 }
 
-/// A name that is safe as a record file name and a unit instance: `[A-Za-z0-9_.-]`, not empty,
-/// not starting with `.` or `-`, at most 100 bytes.
-fn record_safe(name: &str) -> Result<&str, FactError> {
-    let ok = !name.is_empty()
+/// Returns true if and only if `name` is safe as a record file name and a unit instance:
+/// `[A-Za-z0-9_.-]`, not empty, not starting with `.` or `-` (so it can become neither a hidden
+/// file, a path step nor an option), at most 100 bytes. The backup check applies the same rule
+/// to job names before it reads anything named after them.
+pub fn is_plain_name(name: &str) -> bool {
+    !name.is_empty()
         && name.len() <= 100
         && !name.starts_with(['.', '-'])
         && name
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
-    if ok {
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
+/// `name` if it is a plain name ([`is_plain_name`]).
+fn record_safe(name: &str) -> Result<&str, FactError> {
+    if is_plain_name(name) {
         Ok(name)
     } else {
         Err(FactError::parse(

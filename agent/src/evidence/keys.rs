@@ -1,0 +1,1 @@
+//! The evidence signing key (placeholder; `keygen` and loading come next).

@@ -1,0 +1,536 @@
+//! The durable evidence chain: one SQLite database in WAL mode with `synchronous=FULL`.
+//!
+//! Why SQLite and not an append-only file: an append is "read the head, seal the next record,
+//! write it" and must be atomic against a crash at any instant. SQLite's WAL gives that (a
+//! transaction is in the log completely or not at all), `synchronous=FULL` makes a commit
+//! durable before `append` returns, and the same database holds the outbox cursors, so
+//! "record accepted" and "record queued for every sink" are one fact, not two files to keep in
+//! step. The crash test (`agent/tests/evidence_crash.rs`) kills writers at random instants and
+//! checks that every record `append` returned is present and the chain verifies.
+//!
+//! The `records` table *is* the outbox queue: it holds the envelopes themselves (canonical JSON
+//! bytes, never file paths), and each sink keeps a cursor (`sinks.delivered_seq`). Nothing is
+//! deleted to make room; the outbox raises an alarm record instead.
+
+use std::path::{Path, PathBuf};
+
+use ed25519_dalek::SigningKey;
+use jiff::Timestamp;
+use msp_compliance_protocol::dsse::{self, Envelope};
+use msp_compliance_protocol::evidence::{Author, Draft, Position, RecordError, seal};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+
+/// Schema version (SQLite `user_version`).
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS records (
+    seq         INTEGER PRIMARY KEY,
+    digest      TEXT NOT NULL UNIQUE,
+    kind        TEXT NOT NULL,
+    recorded_at INTEGER NOT NULL,
+    envelope    BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS sinks (
+    name            TEXT PRIMARY KEY,
+    delivered_seq   INTEGER NOT NULL DEFAULT -1,
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at INTEGER NOT NULL DEFAULT 0,
+    last_error      TEXT,
+    last_success_at INTEGER
+);
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+";
+
+/// A store operation that failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The database said the disk is full; the transaction was rolled back, nothing accepted
+    /// before it is lost.
+    #[error(
+        "evidence store {path}: disk full; the record was not written (nothing earlier is lost)"
+    )]
+    DiskFull { path: PathBuf },
+    /// A record could not be sealed.
+    #[error("cannot seal record: {0}")]
+    Record(#[from] RecordError),
+    /// The database was written by a newer agent.
+    #[error(
+        "evidence store {path}: schema version {found} is newer than this agent's {SCHEMA_VERSION}"
+    )]
+    SchemaTooNew { path: PathBuf, found: i64 },
+    /// Any other SQLite error.
+    #[error("evidence store {path}: {source}")]
+    Sqlite {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    /// A stored envelope is not valid JSON (the file was damaged outside the agent).
+    #[error("evidence store {path}: record seq {seq} is not a valid envelope: {message}")]
+    Corrupt {
+        path: PathBuf,
+        seq: u64,
+        message: String,
+    },
+}
+
+/// One stored record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredRecord {
+    /// Position in the chain.
+    pub seq: u64,
+    /// `sha256:<hex>` of `envelope` (its canonical JSON).
+    pub digest: String,
+    /// Record kind (wire name).
+    pub kind: String,
+    /// Unix seconds when it was recorded.
+    pub recorded_at: i64,
+    /// The envelope as canonical JSON bytes (one line, as exported).
+    pub envelope: Vec<u8>,
+}
+
+impl StoredRecord {
+    /// The envelope, parsed.
+    pub fn parse(&self) -> Result<Envelope, serde_json::Error> {
+        serde_json::from_slice(&self.envelope)
+    }
+}
+
+/// What `append` wrote.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Appended {
+    /// Seq given to the record.
+    pub seq: u64,
+    /// Its digest.
+    pub digest: String,
+}
+
+/// Delivery state of one sink.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SinkState {
+    /// Sink name.
+    pub name: String,
+    /// Highest seq delivered (every record up to it is delivered); -1 when none.
+    pub delivered_seq: i64,
+    /// Failed attempts since the last success.
+    pub attempts: u32,
+    /// Unix milliseconds before which no new attempt is made.
+    pub next_attempt_at: i64,
+    /// Last error, if the last attempt failed.
+    pub last_error: Option<String>,
+    /// Unix seconds of the last successful delivery.
+    pub last_success_at: Option<i64>,
+}
+
+/// The evidence database.
+pub struct Store {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl Store {
+    /// Opens (or creates, mode 0600) the store and brings its schema up to date.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let existed = path.exists();
+        let conn = Connection::open(path).map_err(|source| sqlite(path, source))?;
+        if !existed {
+            restrict_permissions(path);
+        }
+        let store = Store {
+            conn,
+            path: path.to_path_buf(),
+        };
+        store.configure()?;
+        Ok(store)
+    }
+
+    fn configure(&self) -> Result<(), StoreError> {
+        let err = |source| sqlite(&self.path, source);
+        // WAL: readers (export, the outbox) never block the writer; FULL: a commit is on disk
+        // before it returns, which is the promise `append` makes.
+        self.conn
+            .pragma_update(None, "journal_mode", "WAL")
+            .map_err(err)?;
+        self.conn
+            .pragma_update(None, "synchronous", "FULL")
+            .map_err(err)?;
+        self.conn
+            .pragma_update(None, "foreign_keys", "ON")
+            .map_err(err)?;
+        self.conn
+            .busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(err)?;
+        let version: i64 = self
+            .conn
+            .pragma_query_value(None, "user_version", |row| row.get(0))
+            .map_err(err)?;
+        if version > SCHEMA_VERSION {
+            return Err(StoreError::SchemaTooNew {
+                path: self.path.clone(),
+                found: version,
+            });
+        }
+        if version < SCHEMA_VERSION {
+            self.conn.execute_batch(SCHEMA).map_err(err)?;
+            self.conn
+                .pragma_update(None, "user_version", SCHEMA_VERSION)
+                .map_err(err)?;
+        }
+        Ok(())
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Seq and digest of the newest record.
+    pub fn head(&self) -> Result<Option<(u64, String)>, StoreError> {
+        self.conn
+            .query_row(
+                "SELECT seq, digest FROM records ORDER BY seq DESC LIMIT 1",
+                [],
+                |row| Ok((row.get::<_, i64>(0)? as u64, row.get(1)?)),
+            )
+            .optional()
+            .map_err(|source| sqlite(&self.path, source))
+    }
+
+    /// Number of records.
+    pub fn len(&self) -> Result<u64, StoreError> {
+        self.conn
+            .query_row("SELECT COUNT(*) FROM records", [], |row| {
+                row.get::<_, i64>(0)
+            })
+            .map(|it| it as u64)
+            .map_err(|source| sqlite(&self.path, source))
+    }
+
+    /// Returns true if and only if the store holds no record.
+    pub fn is_empty(&self) -> Result<bool, StoreError> {
+        Ok(self.head()?.is_none())
+    }
+
+    /// Seals and appends drafts as consecutive records in one durable transaction; returns
+    /// their positions once committed. All or nothing: on error no draft is written.
+    pub fn append(
+        &mut self,
+        drafts: &[Draft],
+        author: &Author,
+        now: Timestamp,
+        key: &SigningKey,
+    ) -> Result<Vec<Appended>, StoreError> {
+        let path = self.path.clone();
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|source| sqlite(&path, source))?;
+        let mut head: Option<(u64, String)> = tx
+            .query_row(
+                "SELECT seq, digest FROM records ORDER BY seq DESC LIMIT 1",
+                [],
+                |row| Ok((row.get::<_, i64>(0)? as u64, row.get(1)?)),
+            )
+            .optional()
+            .map_err(|source| sqlite(&path, source))?;
+        let mut res = Vec::with_capacity(drafts.len());
+        {
+            let mut insert = tx
+                .prepare_cached("INSERT INTO records (seq, digest, kind, recorded_at, envelope) VALUES (?1, ?2, ?3, ?4, ?5)")
+                .map_err(|source| sqlite(&path, source))?;
+            for draft in drafts {
+                let position = match &head {
+                    Some((seq, digest)) => Position {
+                        seq: seq + 1,
+                        prev: Some(digest.clone()),
+                    },
+                    None => Position { seq: 0, prev: None },
+                };
+                let envelope = seal(draft, &position, author, now, key)?;
+                // Stored as the canonical bytes whose SHA-256 is the digest, so anyone can
+                // recompute a digest from an exported line.
+                let bytes = msp_compliance_protocol::jcs::to_vec_of(&envelope)
+                    .map_err(RecordError::from)?;
+                let digest = dsse::digest(&envelope);
+                insert
+                    .execute(params![
+                        position.seq as i64,
+                        digest,
+                        draft.kind.as_str(),
+                        now.as_second(),
+                        bytes
+                    ])
+                    .map_err(|source| sqlite(&path, source))?;
+                res.push(Appended {
+                    seq: position.seq,
+                    digest: digest.clone(),
+                });
+                head = Some((position.seq, digest));
+            }
+        }
+        tx.commit().map_err(|source| sqlite(&path, source))?;
+        Ok(res)
+    }
+
+    /// Records with `seq >= from`, in order, at most `limit`.
+    pub fn records_from(&self, from: u64, limit: usize) -> Result<Vec<StoredRecord>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT seq, digest, kind, recorded_at, envelope FROM records WHERE seq >= ?1 ORDER BY seq LIMIT ?2",
+            )
+            .map_err(|source| sqlite(&self.path, source))?;
+        let rows = stmt
+            .query_map(params![from as i64, limit as i64], |row| {
+                Ok(StoredRecord {
+                    seq: row.get::<_, i64>(0)? as u64,
+                    digest: row.get(1)?,
+                    kind: row.get(2)?,
+                    recorded_at: row.get(3)?,
+                    envelope: row.get(4)?,
+                })
+            })
+            .map_err(|source| sqlite(&self.path, source))?;
+        rows.collect::<Result<Vec<_>, _>>()
+            .map_err(|source| sqlite(&self.path, source))
+    }
+
+    /// Visits every record with `recorded_at >= since` in order, in bounded batches, so memory
+    /// stays flat however long the chain is.
+    pub fn for_each_since<E: From<StoreError>>(
+        &self,
+        since: i64,
+        mut visit: impl FnMut(StoredRecord) -> Result<(), E>,
+    ) -> Result<(), E> {
+        const BATCH: usize = 1_000;
+        let first: Option<i64> = self
+            .conn
+            .query_row(
+                "SELECT MIN(seq) FROM records WHERE recorded_at >= ?1",
+                params![since],
+                |row| row.get(0),
+            )
+            .map_err(|source| E::from(sqlite(&self.path, source)))?;
+        let Some(mut next) = first.map(|it| it as u64) else {
+            return Ok(());
+        };
+        loop {
+            let batch = self.records_from(next, BATCH)?;
+            let Some(last) = batch.last().map(|it| it.seq) else {
+                return Ok(());
+            };
+            for record in batch {
+                visit(record)?;
+            }
+            next = last + 1;
+        }
+    }
+
+    /// A sink's delivery state (created at "nothing delivered" on first use).
+    pub fn sink(&self, name: &str) -> Result<SinkState, StoreError> {
+        self.conn
+            .execute(
+                "INSERT OR IGNORE INTO sinks (name) VALUES (?1)",
+                params![name],
+            )
+            .map_err(|source| sqlite(&self.path, source))?;
+        self.conn
+            .query_row(
+                "SELECT name, delivered_seq, attempts, next_attempt_at, last_error, last_success_at FROM sinks WHERE name = ?1",
+                params![name],
+                |row| {
+                    Ok(SinkState {
+                        name: row.get(0)?,
+                        delivered_seq: row.get(1)?,
+                        attempts: row.get::<_, i64>(2)? as u32,
+                        next_attempt_at: row.get(3)?,
+                        last_error: row.get(4)?,
+                        last_success_at: row.get(5)?,
+                    })
+                },
+            )
+            .map_err(|source| sqlite(&self.path, source))
+    }
+
+    /// Every sink's state, by name.
+    pub fn sinks(&self) -> Result<Vec<SinkState>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT name FROM sinks ORDER BY name")
+            .map_err(|source| sqlite(&self.path, source))?;
+        let names: Vec<String> = stmt
+            .query_map([], |row| row.get(0))
+            .map_err(|source| sqlite(&self.path, source))?
+            .collect::<Result<_, _>>()
+            .map_err(|source| sqlite(&self.path, source))?;
+        names.iter().map(|it| self.sink(it)).collect()
+    }
+
+    /// Records that every record up to `seq` reached the sink. The cursor never moves back.
+    pub fn mark_delivered(&self, name: &str, seq: u64, now: Timestamp) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "UPDATE sinks SET delivered_seq = MAX(delivered_seq, ?2), attempts = 0, next_attempt_at = 0,
+                 last_error = NULL, last_success_at = ?3 WHERE name = ?1",
+                params![name, seq as i64, now.as_second()],
+            )
+            .map_err(|source| sqlite(&self.path, source))?;
+        Ok(())
+    }
+
+    /// Records a failed attempt and when to try again.
+    pub fn mark_failed(
+        &self,
+        name: &str,
+        error: &str,
+        next_attempt_at_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "UPDATE sinks SET attempts = attempts + 1, next_attempt_at = ?2, last_error = ?3 WHERE name = ?1",
+                params![name, next_attempt_at_ms, error],
+            )
+            .map_err(|source| sqlite(&self.path, source))?;
+        Ok(())
+    }
+
+    /// Undelivered records of a sink: how many, and when the oldest was recorded.
+    pub fn backlog(&self, name: &str) -> Result<(u64, Option<i64>), StoreError> {
+        let state = self.sink(name)?;
+        self.conn
+            .query_row(
+                "SELECT COUNT(*), MIN(recorded_at) FROM records WHERE seq > ?1",
+                params![state.delivered_seq],
+                |row| Ok((row.get::<_, i64>(0)? as u64, row.get(1)?)),
+            )
+            .map_err(|source| sqlite(&self.path, source))
+    }
+
+    /// A value from the meta table.
+    pub fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {
+        self.conn
+            .query_row(
+                "SELECT value FROM meta WHERE key = ?1",
+                params![key],
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(|source| sqlite(&self.path, source))
+    }
+
+    /// Sets a value in the meta table.
+    pub fn set_meta(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        self.conn
+            .execute("INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = ?2", params![
+                key, value
+            ])
+            .map_err(|source| sqlite(&self.path, source))?;
+        Ok(())
+    }
+}
+
+fn sqlite(path: &Path, source: rusqlite::Error) -> StoreError {
+    if let rusqlite::Error::SqliteFailure(err, _) = &source
+        && err.code == rusqlite::ErrorCode::DiskFull
+    {
+        return StoreError::DiskFull {
+            path: path.to_path_buf(),
+        };
+    }
+    StoreError::Sqlite {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn restrict_permissions(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    // Evidence is not secret, but it is the host's compliance record: only the agent writes it.
+    let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+}
+
+#[cfg(test)]
+mod tests {
+    use msp_compliance_protocol::evidence::{ChainVerifier, RecordKind};
+    use serde_json::json;
+
+    use super::*;
+
+    fn author() -> Author {
+        Author {
+            site_id: Some("clinic-a".into()),
+            host_id: "nixos-1".into(),
+            agent_version: "0.1.0".into(),
+        }
+    }
+
+    fn draft(n: u64) -> Draft {
+        Draft {
+            kind: RecordKind::Check,
+            baseline: None,
+            controls: vec!["164.312(b)".into()],
+            body: json!({ "n": n }),
+        }
+    }
+
+    #[test]
+    fn appends_chain_and_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("evidence.sqlite");
+        let key = SigningKey::from_bytes(&[3; 32]);
+        let now = Timestamp::from_second(1_800_000_000).unwrap();
+        {
+            let mut store = Store::open(&path).unwrap();
+            let first = store.append(&[draft(0)], &author(), now, &key).unwrap();
+            assert_eq!(first[0].seq, 0);
+            let batch = store
+                .append(&[draft(1), draft(2), draft(3)], &author(), now, &key)
+                .unwrap();
+            assert_eq!(batch.iter().map(|it| it.seq).collect::<Vec<_>>(), [1, 2, 3]);
+        }
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.len().unwrap(), 4);
+        let keys = [key.verifying_key()];
+        let mut verifier = ChainVerifier::new(&keys, None);
+        store
+            .for_each_since(0, |record| -> Result<(), StoreError> {
+                let envelope = record.parse().unwrap();
+                assert_eq!(dsse::digest(&envelope), record.digest);
+                verifier.push(&envelope, &record.digest).unwrap();
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(verifier.finish().unwrap().n_records, 4);
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+
+    #[test]
+    fn sink_cursors_only_move_forward() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("e.sqlite")).unwrap();
+        let key = SigningKey::from_bytes(&[3; 32]);
+        let now = Timestamp::from_second(1_800_000_000).unwrap();
+        store
+            .append(&[draft(0), draft(1), draft(2)], &author(), now, &key)
+            .unwrap();
+        assert_eq!(store.backlog("worm").unwrap(), (3, Some(1_800_000_000)));
+        store.mark_failed("worm", "connection refused", 5).unwrap();
+        assert_eq!(store.sink("worm").unwrap().attempts, 1);
+        store.mark_delivered("worm", 1, now).unwrap();
+        store.mark_delivered("worm", 0, now).unwrap();
+        let state = store.sink("worm").unwrap();
+        assert_eq!(
+            (state.delivered_seq, state.attempts, state.last_error),
+            (1, 0, None)
+        );
+        assert_eq!(store.backlog("worm").unwrap().0, 1);
+    }
+}

@@ -1,0 +1,327 @@
+//! DSSE envelopes signed with Ed25519: the one signing format for everything that crosses a
+//! trust boundary (evidence, orders, results, rule bundles).
+//!
+//! An envelope carries a `payloadType`, the payload bytes in base64, and signatures
+//! `{keyid, sig}`. A signature is Ed25519 over DSSE's pre-authentication encoding
+//! `PAE(type, body) = "DSSEv1" SP LEN(type) SP type SP LEN(body) SP body` (lengths in ASCII
+//! decimal), so the type is bound to the bytes and nothing has to be re-serialized to verify.
+//! The `keyid` is the lowercase hex SHA-256 of the raw 32-byte public key.
+//!
+//! Verification works on the *exact payload bytes received*: the payload is decoded from
+//! base64, the PAE is rebuilt from those bytes, and only after a signature checks out does the
+//! caller get to parse them ([`Verified`], which only [`verify`] can make). Nothing is parsed,
+//! canonicalized or trusted before that.
+//!
+//! An auditor can verify without our code: base64-decode `payload`, build the PAE above, and
+//! check `sig` (base64) with any Ed25519 implementation against the published public key.
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use ed25519_dalek::{Signature as Ed25519Signature, Signer, SigningKey, VerifyingKey};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// The payload type of in-toto statements.
+pub const IN_TOTO_PAYLOAD_TYPE: &str = "application/vnd.in-toto+json";
+
+/// A DSSE envelope, as it travels and is stored.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Envelope {
+    /// What the payload is, e.g. [`IN_TOTO_PAYLOAD_TYPE`].
+    #[serde(rename = "payloadType")]
+    pub payload_type: String,
+    /// The payload bytes, standard base64 with padding.
+    pub payload: String,
+    /// One or more signatures over PAE(payloadType, payload bytes).
+    pub signatures: Vec<Signature>,
+}
+
+/// One signature of an envelope.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Signature {
+    /// Lowercase hex SHA-256 of the signer's raw public key.
+    pub keyid: String,
+    /// Ed25519 signature, standard base64.
+    pub sig: String,
+}
+
+/// Why an envelope was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DsseError {
+    /// The payload is not valid base64.
+    #[error("payload is not valid base64")]
+    BadPayloadEncoding,
+    /// A signature is not valid base64 or not 64 bytes.
+    #[error("signature by key {keyid} is malformed")]
+    MalformedSignature {
+        /// Key id of the malformed signature.
+        keyid: String,
+    },
+    /// No signature was made by a key we trust.
+    #[error("no signature by a trusted key (signed by: {keyids})")]
+    UnknownKey {
+        /// Key ids that signed, comma-separated.
+        keyids: String,
+    },
+    /// A trusted key's signature does not verify: the payload or type was altered.
+    #[error("signature by key {keyid} does not verify (payload or type altered)")]
+    BadSignature {
+        /// Key id whose signature failed.
+        keyid: String,
+    },
+    /// The envelope has no signature at all.
+    #[error("envelope has no signature")]
+    Unsigned,
+    /// The payload type is not the one expected.
+    #[error("payload type {found:?} is not {expected:?}")]
+    WrongPayloadType {
+        /// Expected type.
+        expected: String,
+        /// Type found.
+        found: String,
+    },
+}
+
+/// DSSE's pre-authentication encoding.
+pub fn pae(payload_type: &str, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(payload.len() + payload_type.len() + 32);
+    out.extend_from_slice(b"DSSEv1 ");
+    out.extend_from_slice(payload_type.len().to_string().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(payload_type.as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(payload.len().to_string().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(payload);
+    out
+}
+
+/// The key id of a public key: lowercase hex SHA-256 of its 32 raw bytes.
+pub fn keyid(key: &VerifyingKey) -> String {
+    hex::encode(Sha256::digest(key.as_bytes()))
+}
+
+/// Signs payload bytes into an envelope.
+pub fn sign(payload_type: &str, payload: &[u8], key: &SigningKey) -> Envelope {
+    let signature: Ed25519Signature = key.sign(&pae(payload_type, payload));
+    Envelope {
+        payload_type: payload_type.to_string(),
+        payload: STANDARD.encode(payload),
+        signatures: vec![Signature {
+            keyid: keyid(&key.verifying_key()),
+            sig: STANDARD.encode(signature.to_bytes()),
+        }],
+    }
+}
+
+/// Proof that an envelope's payload was signed by a trusted key. Only [`verify`] makes one, so
+/// code that needs verified bytes takes this type and cannot be handed unverified ones.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Verified {
+    payload_type: String,
+    payload: Vec<u8>,
+    keyid: String,
+}
+
+impl Verified {
+    /// The verified payload bytes, exactly as signed.
+    pub fn payload(&self) -> &[u8] {
+        &self.payload
+    }
+
+    /// The payload type that was signed.
+    pub fn payload_type(&self) -> &str {
+        &self.payload_type
+    }
+
+    /// The key id whose signature verified.
+    pub fn keyid(&self) -> &str {
+        &self.keyid
+    }
+}
+
+/// Verifies an envelope against trusted public keys (a list, for rotation).
+///
+/// Succeeds if at least one signature by a trusted key verifies and no signature by a trusted
+/// key fails: a failing signature of a key we trust means the content was altered, which is
+/// refused even if another trusted key's signature holds. Signatures by unknown keys are
+/// ignored unless none is known.
+pub fn verify(envelope: &Envelope, trusted: &[VerifyingKey]) -> Result<Verified, DsseError> {
+    if envelope.signatures.is_empty() {
+        return Err(DsseError::Unsigned);
+    }
+    let payload = STANDARD
+        .decode(envelope.payload.as_bytes())
+        .map_err(|_| DsseError::BadPayloadEncoding)?;
+    let message = pae(&envelope.payload_type, &payload);
+    let mut verified_by = None;
+    for signature in &envelope.signatures {
+        let Some(key) = trusted.iter().find(|it| keyid(it) == signature.keyid) else {
+            continue;
+        };
+        let malformed = || DsseError::MalformedSignature {
+            keyid: signature.keyid.clone(),
+        };
+        let bytes = STANDARD
+            .decode(signature.sig.as_bytes())
+            .map_err(|_| malformed())?;
+        let bytes: [u8; 64] = bytes.try_into().map_err(|_| malformed())?;
+        let sig = Ed25519Signature::from_bytes(&bytes);
+        // `verify_strict` rejects small-order keys and non-canonical signatures, so one
+        // message has exactly one valid signature per key (no malleability for digests).
+        if key.verify_strict(&message, &sig).is_err() {
+            return Err(DsseError::BadSignature {
+                keyid: signature.keyid.clone(),
+            });
+        }
+        verified_by.get_or_insert_with(|| signature.keyid.clone());
+    }
+    match verified_by {
+        Some(keyid) => Ok(Verified {
+            payload_type: envelope.payload_type.clone(),
+            payload,
+            keyid,
+        }),
+        None => Err(DsseError::UnknownKey {
+            keyids: envelope
+                .signatures
+                .iter()
+                .map(|it| it.keyid.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+        }),
+    }
+}
+
+/// Verifies an envelope and requires a payload type.
+pub fn verify_typed(
+    envelope: &Envelope,
+    payload_type: &str,
+    trusted: &[VerifyingKey],
+) -> Result<Verified, DsseError> {
+    if envelope.payload_type != payload_type {
+        return Err(DsseError::WrongPayloadType {
+            expected: payload_type.to_string(),
+            found: envelope.payload_type.clone(),
+        });
+    }
+    verify(envelope, trusted)
+}
+
+/// SHA-256 of an envelope's canonical JSON (RFC 8785), `sha256:<hex>`: the envelope's identity
+/// in the evidence chain (`prev`) and in the outbox (idempotent delivery id).
+pub fn digest(envelope: &Envelope) -> String {
+    // An envelope holds only strings, so its canonical form always exists.
+    let bytes = crate::jcs::to_vec_of(envelope).unwrap_or_default();
+    format!("sha256:{}", hex::encode(Sha256::digest(&bytes)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(seed: u8) -> SigningKey {
+        SigningKey::from_bytes(&[seed; 32])
+    }
+
+    #[test]
+    fn pae_matches_the_dsse_specification_example() {
+        // DSSE protocol.md: PAE("http://example.com/HelloWorld", "hello world").
+        assert_eq!(
+            pae("http://example.com/HelloWorld", b"hello world"),
+            b"DSSEv1 29 http://example.com/HelloWorld 11 hello world".to_vec()
+        );
+    }
+
+    #[test]
+    fn sign_then_verify_round_trips() {
+        let signer = key(1);
+        let envelope = sign(IN_TOTO_PAYLOAD_TYPE, br#"{"a":1}"#, &signer);
+        let verified = verify(&envelope, &[signer.verifying_key()]).unwrap();
+        assert_eq!(verified.payload(), br#"{"a":1}"#);
+        assert_eq!(verified.keyid(), keyid(&signer.verifying_key()));
+        assert_eq!(verified.keyid().len(), 64);
+    }
+
+    #[test]
+    fn every_kind_of_tampering_is_refused() {
+        let signer = key(1);
+        let trusted = [signer.verifying_key()];
+        let envelope = sign(IN_TOTO_PAYLOAD_TYPE, br#"{"a":1}"#, &signer);
+
+        let mut altered = envelope.clone();
+        altered.payload = STANDARD.encode(br#"{"a":2}"#);
+        assert!(matches!(
+            verify(&altered, &trusted),
+            Err(DsseError::BadSignature { .. })
+        ));
+
+        let mut retyped = envelope.clone();
+        retyped.payload_type = "application/json".into();
+        assert!(matches!(
+            verify(&retyped, &trusted),
+            Err(DsseError::BadSignature { .. })
+        ));
+
+        let stranger = sign(IN_TOTO_PAYLOAD_TYPE, br#"{"a":1}"#, &key(2));
+        assert!(matches!(
+            verify(&stranger, &trusted),
+            Err(DsseError::UnknownKey { .. })
+        ));
+
+        let mut unsigned = envelope.clone();
+        unsigned.signatures.clear();
+        assert_eq!(verify(&unsigned, &trusted), Err(DsseError::Unsigned));
+
+        let mut garbled = envelope.clone();
+        garbled.signatures[0].sig = "AAAA".into();
+        assert!(matches!(
+            verify(&garbled, &trusted),
+            Err(DsseError::MalformedSignature { .. })
+        ));
+
+        let mut bad_base64 = envelope.clone();
+        bad_base64.payload = "%%%".into();
+        assert_eq!(
+            verify(&bad_base64, &trusted),
+            Err(DsseError::BadPayloadEncoding)
+        );
+
+        assert!(matches!(
+            verify_typed(&envelope, "application/json", &trusted),
+            Err(DsseError::WrongPayloadType { .. })
+        ));
+    }
+
+    #[test]
+    fn rotation_accepts_any_trusted_key_but_not_a_failing_one() {
+        let old = key(1);
+        let new = key(2);
+        let envelope = sign(IN_TOTO_PAYLOAD_TYPE, b"x", &new);
+        assert!(verify(&envelope, &[old.verifying_key(), new.verifying_key()]).is_ok());
+        // A second signature by a trusted key that does not verify poisons the envelope.
+        let mut doubled = envelope.clone();
+        let mut forged = sign(IN_TOTO_PAYLOAD_TYPE, b"y", &old).signatures.remove(0);
+        forged.keyid = keyid(&old.verifying_key());
+        doubled.signatures.push(forged);
+        assert!(matches!(
+            verify(&doubled, &[old.verifying_key(), new.verifying_key()]),
+            Err(DsseError::BadSignature { .. })
+        ));
+    }
+
+    #[test]
+    fn digest_ignores_whitespace_but_not_content() {
+        let envelope = sign(IN_TOTO_PAYLOAD_TYPE, b"x", &key(1));
+        let pretty: Envelope =
+            serde_json::from_str(&serde_json::to_string_pretty(&envelope).unwrap()).unwrap();
+        assert_eq!(digest(&envelope), digest(&pretty));
+        assert_ne!(
+            digest(&envelope),
+            digest(&sign(IN_TOTO_PAYLOAD_TYPE, b"y", &key(1)))
+        );
+    }
+}
