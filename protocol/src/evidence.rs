@@ -329,6 +329,58 @@ pub struct Pin {
     pub digest: String,
 }
 
+/// A record whose signature by a trusted key verified and whose payload is one of our
+/// statements: the stateless half of chain verification. Only [`open`] makes one.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Opened {
+    statement: Statement,
+    keyid: String,
+}
+
+impl Opened {
+    /// The verified statement.
+    pub fn statement(&self) -> &Statement {
+        &self.statement
+    }
+
+    /// The key id whose signature verified.
+    pub fn keyid(&self) -> &str {
+        &self.keyid
+    }
+}
+
+/// Why [`open`] refused a record (positioned by [`ChainVerifier::push_opened`]).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpenError {
+    /// A signature does not verify, a key is unknown, or the envelope is malformed.
+    #[error("{0}")]
+    Envelope(DsseError),
+    /// The payload is not a statement of ours.
+    #[error("not an msp-compliance evidence statement: {0}")]
+    NotEvidence(String),
+}
+
+/// Verifies an envelope's signature against trusted keys and parses its statement, without
+/// looking at its place in the chain. Independent per record, so it can run in parallel.
+pub fn open(envelope: &Envelope, trusted: &[VerifyingKey]) -> Result<Opened, OpenError> {
+    let verified =
+        dsse::verify_typed(envelope, IN_TOTO_PAYLOAD_TYPE, trusted).map_err(OpenError::Envelope)?;
+    let statement: Statement = serde_json::from_slice(verified.payload())
+        .map_err(|err| OpenError::NotEvidence(err.to_string()))?;
+    if statement.statement_type != STATEMENT_TYPE
+        || statement.predicate_type != EVIDENCE_PREDICATE_TYPE
+    {
+        return Err(OpenError::NotEvidence(
+            "wrong statement or predicate type".into(),
+        ));
+    }
+    Ok(Opened {
+        statement,
+        keyid: verified.keyid().to_string(),
+    })
+}
+
 /// Verifies envelopes in order. Sans-I/O: the caller reads, this judges.
 pub struct ChainVerifier<'k> {
     /// Keys whose signatures are accepted.
@@ -355,23 +407,30 @@ impl<'k> ChainVerifier<'k> {
     /// Verifies the next envelope; returns its statement. `digest` is [`dsse::digest`] of it,
     /// passed in so a caller that already has it (the store) does not compute it twice.
     pub fn push(&mut self, envelope: &Envelope, digest: &str) -> Result<Statement, ChainError> {
+        let opened = open(envelope, self.trusted);
+        self.push_opened(opened, digest)
+    }
+
+    /// Checks the next record's place in the chain, given the outcome of [`open`] on it with
+    /// this verifier's trusted keys. `push` is `push_opened(open(..))`; callers that verify
+    /// signatures in parallel (the expensive, stateless half) feed the results here in input
+    /// order, so the first bad record is still the one reported, with its position.
+    pub fn push_opened(
+        &mut self,
+        opened: Result<Opened, OpenError>,
+        digest: &str,
+    ) -> Result<Statement, ChainError> {
         let index = self.index;
         self.index += 1;
-        let verified = dsse::verify_typed(envelope, IN_TOTO_PAYLOAD_TYPE, self.trusted)
-            .map_err(|source| ChainError::Envelope { index, source })?;
-        let statement: Statement =
-            serde_json::from_slice(verified.payload()).map_err(|err| ChainError::NotEvidence {
-                index,
-                message: err.to_string(),
-            })?;
-        if statement.statement_type != STATEMENT_TYPE
-            || statement.predicate_type != EVIDENCE_PREDICATE_TYPE
-        {
-            return Err(ChainError::NotEvidence {
-                index,
-                message: "wrong statement or predicate type".into(),
-            });
-        }
+        let statement = match opened {
+            Ok(it) => it.statement,
+            Err(OpenError::Envelope(source)) => {
+                return Err(ChainError::Envelope { index, source });
+            }
+            Err(OpenError::NotEvidence(message)) => {
+                return Err(ChainError::NotEvidence { index, message });
+            }
+        };
         let seq = statement.predicate.seq;
         match &self.summary.head {
             Some((previous, previous_digest)) => {
@@ -509,10 +568,9 @@ mod tests {
         assert_eq!(summary.n_records, 5);
         assert_eq!(summary.head.as_ref().map(|it| it.0), Some(4));
         let statement: Statement = serde_json::from_slice(
-            &dsse::verify(&records[0].0, &[key.verifying_key()])
+            dsse::verify(&records[0].0, &[key.verifying_key()])
                 .unwrap()
-                .payload()
-                .to_vec(),
+                .payload(),
         )
         .unwrap();
         let years = statement.predicate.retain_until.as_second() / (365 * 86_400);

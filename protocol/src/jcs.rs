@@ -160,7 +160,7 @@ fn write_double(out: &mut String, value: f64) -> Result<(), JcsError> {
             out.push('.');
             out.push_str(&digits[1..]);
         }
-        let sign = if n - 1 >= 0 { '+' } else { '-' };
+        let sign = if n > 0 { '+' } else { '-' };
         let _ = write!(out, "e{sign}{}", (n - 1).abs());
     }
     Ok(())

@@ -863,6 +863,26 @@ fn nixpkgs_date(version: &str) -> Option<Date> {
     Date::new(year, month, day).ok()
 }
 
+/// The NixOS version both version rules judge; when it could not be read, records `rule` as
+/// `unknown` with the reason and returns `None`.
+fn known_version<'a>(
+    judgement: &mut Judgement,
+    rule: &str,
+    version: &'a Result<String, String>,
+) -> Option<&'a str> {
+    match version {
+        Ok(it) => Some(it),
+        Err(why) => {
+            judgement.rule(
+                rule,
+                Status::Unknown,
+                format!("cannot read the NixOS version: {why}"),
+            );
+            None
+        }
+    }
+}
+
 fn judge_nixpkgs_age(
     judgement: &mut Judgement,
     version: &Result<String, String>,
@@ -870,16 +890,8 @@ fn judge_nixpkgs_age(
     now: Timestamp,
 ) {
     const RULE: &str = "patching.nixpkgs_age";
-    let version = match version {
-        Ok(it) => it,
-        Err(why) => {
-            judgement.rule(
-                RULE,
-                Status::Unknown,
-                format!("cannot read the NixOS version: {why}"),
-            );
-            return;
-        }
+    let Some(version) = known_version(judgement, RULE, version) else {
+        return;
     };
     let Some(date) = nixpkgs_date(version) else {
         judgement.rule(
@@ -950,16 +962,8 @@ fn judge_release_eol(
     now: Timestamp,
 ) {
     const RULE: &str = "patching.release_eol";
-    let version = match version {
-        Ok(it) => it,
-        Err(why) => {
-            judgement.rule(
-                RULE,
-                Status::Unknown,
-                format!("cannot read the NixOS version: {why}"),
-            );
-            return;
-        }
+    let Some(version) = known_version(judgement, RULE, version) else {
+        return;
     };
     let Some(release) = release_of(version) else {
         judgement.rule(
