@@ -1,5 +1,5 @@
 //! The command line: `check`, `config validate|schema`, `baseline show|validate|schema`,
-//! `declared validate|schema`.
+//! `declared validate|schema`, `queue status|drain`, `keygen`, `evidence verify|export|checkpoint`.
 //!
 //! This is the edge of the binary: it parses arguments, builds the configuration, the baseline
 //! and the host view, runs the checks and prints. It is the only module that prints.
@@ -17,11 +17,14 @@ use msp_compliance_protocol::finding::{Finding, Report, Status};
 
 use crate::baseline::Baseline;
 use crate::checks;
-use crate::config::{Config, read_document};
+use crate::config::{Config, PrivilegedFactsMode, read_document};
 use crate::facts::command::{CommandSource, Limits};
 use crate::facts::fs::Root;
-use crate::facts::probe::ProbeSource;
+use crate::facts::probe::{PROBE_RESULT_DIR, ProbeSource};
 use crate::facts::{Host, HostPaths};
+
+mod evidence;
+mod queue;
 
 /// Where a fixture or image root keeps recorded command outputs.
 pub const RECORDED_COMMANDS_DIR: &str = ".msp-compliance/commands";
@@ -50,6 +53,14 @@ enum Command {
     /// Validate a declared.json or print its JSON Schema.
     #[command(subcommand)]
     Declared(DeclaredCommand),
+    /// Show or drain the outbox (evidence waiting for its sinks).
+    #[command(subcommand)]
+    Queue(QueueCommand),
+    /// Generate an Ed25519 evidence signing key; prints its public key and keyid.
+    Keygen(evidence::KeygenArgs),
+    /// Verify, export or checkpoint the signed evidence chain.
+    #[command(subcommand)]
+    Evidence(evidence::EvidenceCommand),
 }
 
 #[derive(Debug, clap::Args)]
@@ -98,6 +109,26 @@ enum BaselineCommand {
     Validate { file: PathBuf },
     /// Print the JSON Schema of baseline files.
     Schema,
+}
+
+#[derive(Debug, Subcommand)]
+enum QueueCommand {
+    /// Per sink: backlog, oldest undelivered record, failed attempts, next attempt, last error
+    /// and last success; and the chain head.
+    Status {
+        /// Agent configuration (JSON or YAML); without it, defaults and the host name are used.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// Run one delivery pass over every configured sink and print what was delivered.
+    ///
+    /// Exit status: 0 every sink caught up (or backing off after earlier failures), 1 a
+    /// delivery failed in this pass, 2 a usage or configuration error.
+    Drain {
+        /// Agent configuration (JSON or YAML); without it, defaults and the host name are used.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -156,6 +187,16 @@ pub fn run(args: Args, out: &mut dyn Write) -> Result<u8> {
         Command::Declared(DeclaredCommand::Schema) => {
             print_json(out, &crate::facts::declared::schema())
         }
+        Command::Queue(QueueCommand::Status { config }) => {
+            let config = queue::load_config(config.as_ref(), || host_name(&Root::live()))?;
+            queue::status(&config, out)
+        }
+        Command::Queue(QueueCommand::Drain { config }) => {
+            let config = queue::load_config(config.as_ref(), || host_name(&Root::live()))?;
+            queue::drain(&config, out)
+        }
+        Command::Keygen(keygen_args) => evidence::run_keygen(keygen_args, out),
+        Command::Evidence(command) => evidence::run_evidence(command, out),
     }
 }
 
@@ -168,6 +209,8 @@ fn run_check(args: CheckArgs, out: &mut dyn Write) -> Result<u8> {
     let baseline_path = args.baseline.as_deref().or(config.baseline_file.as_deref());
     let baseline = load_baseline(baseline_path)?;
     let selected = checks::select(&args.only).map_err(anyhow::Error::msg)?;
+    // The keys load before any check runs: a misconfigured key stops here, not after the work.
+    let check_evidence = evidence::prepare_check(&config)?;
     let host = build_host(root, &config);
     let now = jiff::Timestamp::now();
     let findings = checks::run(&selected, &host, &baseline, now);
@@ -185,6 +228,13 @@ fn run_check(args: CheckArgs, out: &mut dyn Write) -> Result<u8> {
         }
         Format::Table => write_table(out, &report)?,
     }
+    // Findings are printed first, so a store that cannot take them (disk full) still leaves
+    // the operator the findings and a clear error (exit 2).
+    let footer = evidence::record_check(check_evidence, &config, &report)?;
+    match args.format {
+        Format::Json => eprintln!("{footer}"),
+        Format::Table => writeln!(out, "{footer}")?,
+    }
     Ok(report.exit_code())
 }
 
@@ -197,7 +247,11 @@ pub fn build_host(root: Root, config: &Config) -> Host {
             max_output: config.max_output_bytes,
             search_path: config.search_path.clone(),
         };
-        (CommandSource::Live(limits), ProbeSource::Direct)
+        let probes = match config.privileged_facts {
+            PrivilegedFactsMode::Direct => ProbeSource::Direct,
+            PrivilegedFactsMode::Units => ProbeSource::Units(PathBuf::from(PROBE_RESULT_DIR)),
+        };
+        (CommandSource::Live(limits), probes)
     } else if recorded.is_dir() {
         (
             CommandSource::Recorded(recorded.clone()),

@@ -177,6 +177,9 @@ pub enum PrivilegedFactsMode {
     /// Run the fixed commands as this process (needs root for a complete answer).
     #[default]
     Direct,
+    /// Start the fixed root units `msp-compliance-probe@<name>` that the NixOS module installs
+    /// (a polkit rule lets the agent user start exactly those) and read their results.
+    Units,
 }
 
 /// Where ClamAV lives.
@@ -416,6 +419,20 @@ impl Config {
             }
         }
         if let Some(s3) = &outbox.s3 {
+            // `user:secret@host` would put a secret where status and errors print the URL;
+            // the message does not quote it.
+            let authority = s3.endpoint.split("://").nth(1).unwrap_or("");
+            if authority
+                .split(['/', '?', '#'])
+                .next()
+                .unwrap_or("")
+                .contains('@')
+            {
+                return Err(invalid(
+                    "outbox.s3.endpoint",
+                    "expected a URL without credentials (use access_key_id_file and secret_access_key_file)".to_string(),
+                ));
+            }
             if !(s3.endpoint.starts_with("https://") || s3.endpoint.starts_with("http://")) {
                 return Err(invalid(
                     "outbox.s3.endpoint",

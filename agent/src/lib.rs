@@ -7,6 +7,8 @@
 //! - [`baseline`]: the policy (thresholds, waivers) and its digest;
 //! - [`facts`]: how facts are read (root prefix, fixed commands, privileged probes, declared);
 //! - [`checks`]: one file per check, each observing facts and judging them purely;
+//! - [`phi`]: PHI scrubbing with keyed-hash tokens, applied to everything before it is sealed;
+//! - [`outbox`]: ships evidence records to the configured sinks (directory, S3 Object Lock);
 //! - [`cli`]: the command line, the only place that prints.
 //!
 //! Later issues add `healer`, `heal`, `evidence`, `outbox`, `mcp_client`, `winrm`, `runbooks`.
@@ -19,3 +21,5 @@ pub mod cli;
 pub mod config;
 pub mod evidence;
 pub mod facts;
+pub mod outbox;
+pub mod phi;

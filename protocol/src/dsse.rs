@@ -214,9 +214,47 @@ pub fn verify_typed(
 /// SHA-256 of an envelope's canonical JSON (RFC 8785), `sha256:<hex>`: the envelope's identity
 /// in the evidence chain (`prev`) and in the outbox (idempotent delivery id).
 pub fn digest(envelope: &Envelope) -> String {
-    // An envelope holds only strings, so its canonical form always exists.
-    let bytes = crate::jcs::to_vec_of(envelope).unwrap_or_default();
-    format!("sha256:{}", hex::encode(Sha256::digest(&bytes)))
+    format!(
+        "sha256:{}",
+        hex::encode(Sha256::digest(canonical_bytes(envelope)))
+    )
+}
+
+/// An envelope's RFC 8785 canonical JSON: the bytes that are stored, exported and hashed.
+///
+/// Envelopes hold base64, hex and a media type, which JCS writes verbatim; that common case is
+/// assembled directly (members in JCS order: payload < payloadType < signatures; keyid < sig),
+/// since the general canonicalizer first copies the kilobytes of payload into a JSON tree.
+pub fn canonical_bytes(envelope: &Envelope) -> Vec<u8> {
+    use crate::jcs::is_verbatim;
+    let verbatim = is_verbatim(&envelope.payload)
+        && is_verbatim(&envelope.payload_type)
+        && envelope
+            .signatures
+            .iter()
+            .all(|it| is_verbatim(&it.keyid) && is_verbatim(&it.sig));
+    if !verbatim {
+        // An envelope holds only strings, so its canonical form always exists.
+        return crate::jcs::to_vec_of(envelope).unwrap_or_default();
+    }
+    let mut out = Vec::with_capacity(envelope.payload.len() + 200 * envelope.signatures.len() + 64);
+    out.extend_from_slice(b"{\"payload\":\"");
+    out.extend_from_slice(envelope.payload.as_bytes());
+    out.extend_from_slice(b"\",\"payloadType\":\"");
+    out.extend_from_slice(envelope.payload_type.as_bytes());
+    out.extend_from_slice(b"\",\"signatures\":[");
+    for (idx, signature) in envelope.signatures.iter().enumerate() {
+        if idx > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(b"{\"keyid\":\"");
+        out.extend_from_slice(signature.keyid.as_bytes());
+        out.extend_from_slice(b"\",\"sig\":\"");
+        out.extend_from_slice(signature.sig.as_bytes());
+        out.extend_from_slice(b"\"}");
+    }
+    out.extend_from_slice(b"]}");
+    out
 }
 
 #[cfg(test)]
@@ -311,6 +349,37 @@ mod tests {
             verify(&doubled, &[old.verifying_key(), new.verifying_key()]),
             Err(DsseError::BadSignature { .. })
         ));
+    }
+
+    #[test]
+    fn canonical_bytes_are_the_canonicalizer_s() {
+        let mut envelope = sign(IN_TOTO_PAYLOAD_TYPE, b"{}", &key(1));
+        let check = |it: &Envelope| {
+            assert_eq!(
+                canonical_bytes(it),
+                crate::jcs::to_vec_of(it).unwrap(),
+                "{it:?}"
+            );
+        };
+        check(&envelope);
+        envelope.signatures.push(envelope.signatures[0].clone());
+        check(&envelope);
+        envelope.signatures.clear();
+        check(&envelope);
+        for odd in [
+            "a\"b",
+            "back\\slash",
+            "tab\t",
+            "\u{1}",
+            "é",
+            "\u{7f}",
+            "\u{2028}",
+        ] {
+            envelope.payload_type = odd.to_string();
+            check(&envelope);
+            envelope.payload = format!("{odd}{}", "x".repeat(40));
+            check(&envelope);
+        }
     }
 
     #[test]

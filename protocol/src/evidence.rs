@@ -12,7 +12,9 @@
 
 use std::collections::BTreeMap;
 
-use ed25519_dalek::{SigningKey, VerifyingKey};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use ed25519_dalek::{Signature as Ed25519Signature, SigningKey, VerifyingKey};
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -218,10 +220,17 @@ pub fn seal(
             retain_until,
             baseline: draft.baseline.clone(),
             controls: draft.controls.clone(),
-            body: draft.body.clone(),
+            body: Value::Null,
         },
     };
-    let payload = crate::jcs::to_vec_of(&statement)?;
+    // The body (kilobytes of facts) is copied into the JSON tree once, not twice: the statement
+    // is converted with a null body, which is then replaced.
+    let mut value =
+        serde_json::to_value(&statement).map_err(|_| crate::jcs::JcsError::NotFinite)?;
+    if let Some(body) = value.get_mut("predicate").and_then(|it| it.get_mut("body")) {
+        *body = draft.body.clone();
+    }
+    let payload = crate::jcs::to_vec(&value)?;
     Ok(dsse::sign(IN_TOTO_PAYLOAD_TYPE, &payload, key))
 }
 
@@ -347,6 +356,44 @@ impl Opened {
     pub fn keyid(&self) -> &str {
         &self.keyid
     }
+
+    /// What the chain verifier needs of this record.
+    pub fn link(&self) -> Link {
+        Link {
+            keyid: self.keyid.clone(),
+            kind: self.statement.predicate.kind,
+            seq: self.statement.predicate.seq,
+            prev: self.statement.predicate.prev.clone(),
+        }
+    }
+
+    /// The statement, giving up the proof.
+    pub fn into_statement(self) -> Statement {
+        self.statement
+    }
+}
+
+/// The part of an opened record that places it in the chain: kind, seq, prev and the key that
+/// signed. Only [`Opened::link`] and [`open_many`] make one, so [`ChainVerifier::push_link`]
+/// is only ever fed verified records.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Link {
+    keyid: String,
+    kind: RecordKind,
+    seq: u64,
+    prev: Option<String>,
+}
+
+impl Link {
+    /// The key id whose signature verified.
+    pub fn keyid(&self) -> &str {
+        &self.keyid
+    }
+
+    /// The record's seq.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
 }
 
 /// Why [`open`] refused a record (positioned by [`ChainVerifier::push_opened`]).
@@ -366,8 +413,95 @@ pub enum OpenError {
 pub fn open(envelope: &Envelope, trusted: &[VerifyingKey]) -> Result<Opened, OpenError> {
     let verified =
         dsse::verify_typed(envelope, IN_TOTO_PAYLOAD_TYPE, trusted).map_err(OpenError::Envelope)?;
-    let statement: Statement = serde_json::from_slice(verified.payload())
-        .map_err(|err| OpenError::NotEvidence(err.to_string()))?;
+    parse_opened(verified.payload(), verified.keyid())
+}
+
+/// Signatures checked per Ed25519 batch: large enough to amortize the multiscalar
+/// multiplication, small enough that a failed batch costs few single re-verifications.
+const SIGNATURE_BATCH: usize = 64;
+
+/// [`open`] for many envelopes at once, with the same results, about twice as fast.
+///
+/// The common case (one signature, by a trusted key, on an in-toto payload) is checked with
+/// Ed25519 batch verification; every other envelope, and every envelope of a batch that fails,
+/// goes through [`open`], so a bad record gets exactly `open`'s error.
+///
+/// A batch accepts every signature that `open` (`verify_strict`) accepts. It fails, except
+/// with probability about 2^-128, when any signature in it was forged or altered without the
+/// private key. The one difference: a signature whose nonce the *holder of a trusted key*
+/// deliberately gave a small-order component can pass a batch although `verify_strict`
+/// refuses it. No Ed25519 signer makes such signatures, and a key holder can sign anything
+/// anyway, so this changes nothing about who could have written a record.
+///
+/// Statements are parsed (so a payload that `open` refuses is refused here too) and dropped
+/// where they were parsed; only each record's [`Link`] comes back.
+pub fn open_many(
+    envelopes: &[&Envelope],
+    trusted: &[VerifyingKey],
+) -> Vec<Result<Link, OpenError>> {
+    struct Candidate {
+        idx: usize,
+        message: Vec<u8>,
+        payload_len: usize,
+        signature: Ed25519Signature,
+        key: VerifyingKey,
+    }
+    let keyids: Vec<String> = trusted.iter().map(dsse::keyid).collect();
+    let mut res: Vec<Option<Result<Link, OpenError>>> =
+        (0..envelopes.len()).map(|_| None).collect();
+    let mut candidates = Vec::with_capacity(envelopes.len());
+    for (idx, envelope) in envelopes.iter().enumerate() {
+        let candidate = (|| {
+            if envelope.payload_type != IN_TOTO_PAYLOAD_TYPE {
+                return None;
+            }
+            let [signature] = envelope.signatures.as_slice() else {
+                return None;
+            };
+            let key = keyids.iter().position(|it| *it == signature.keyid)?;
+            let payload = BASE64.decode(envelope.payload.as_bytes()).ok()?;
+            let sig: [u8; 64] = BASE64
+                .decode(signature.sig.as_bytes())
+                .ok()?
+                .try_into()
+                .ok()?;
+            Some(Candidate {
+                idx,
+                payload_len: payload.len(),
+                message: dsse::pae(&envelope.payload_type, &payload),
+                signature: Ed25519Signature::from_bytes(&sig),
+                key: trusted[key],
+            })
+        })();
+        match candidate {
+            Some(it) => candidates.push(it),
+            None => res[idx] = Some(open(envelope, trusted).map(|it| it.link())),
+        }
+    }
+    for batch in candidates.chunks(SIGNATURE_BATCH) {
+        let messages: Vec<&[u8]> = batch.iter().map(|it| it.message.as_slice()).collect();
+        let signatures: Vec<Ed25519Signature> = batch.iter().map(|it| it.signature).collect();
+        let keys: Vec<VerifyingKey> = batch.iter().map(|it| it.key).collect();
+        let all_valid = ed25519_dalek::verify_batch(&messages, &signatures, &keys).is_ok();
+        for candidate in batch {
+            let envelope = envelopes[candidate.idx];
+            res[candidate.idx] = Some(if all_valid {
+                // The payload is the tail of the PAE message, exactly as signed.
+                let payload = &candidate.message[candidate.message.len() - candidate.payload_len..];
+                parse_opened(payload, &envelope.signatures[0].keyid).map(|it| it.link())
+            } else {
+                open(envelope, trusted).map(|it| it.link())
+            });
+        }
+    }
+    res.into_iter()
+        .map(|it| it.unwrap_or_else(|| Err(OpenError::NotEvidence("not examined".into()))))
+        .collect()
+}
+
+fn parse_opened(payload: &[u8], keyid: &str) -> Result<Opened, OpenError> {
+    let statement: Statement =
+        serde_json::from_slice(payload).map_err(|err| OpenError::NotEvidence(err.to_string()))?;
     if statement.statement_type != STATEMENT_TYPE
         || statement.predicate_type != EVIDENCE_PREDICATE_TYPE
     {
@@ -377,7 +511,7 @@ pub fn open(envelope: &Envelope, trusted: &[VerifyingKey]) -> Result<Opened, Ope
     }
     Ok(Opened {
         statement,
-        keyid: verified.keyid().to_string(),
+        keyid: keyid.to_string(),
     })
 }
 
@@ -407,31 +541,40 @@ impl<'k> ChainVerifier<'k> {
     /// Verifies the next envelope; returns its statement. `digest` is [`dsse::digest`] of it,
     /// passed in so a caller that already has it (the store) does not compute it twice.
     pub fn push(&mut self, envelope: &Envelope, digest: &str) -> Result<Statement, ChainError> {
-        let opened = open(envelope, self.trusted);
-        self.push_opened(opened, digest)
+        let (link, statement) = match open(envelope, self.trusted) {
+            Ok(opened) => (Ok(opened.link()), Some(opened.into_statement())),
+            Err(err) => (Err(err), None),
+        };
+        self.push_link(link, digest)?;
+        // `push_link` refuses an `Err`, so a statement is always there at this point.
+        statement.ok_or_else(|| ChainError::NotEvidence {
+            index: self.index.saturating_sub(1),
+            message: "record was not opened".into(),
+        })
     }
 
-    /// Checks the next record's place in the chain, given the outcome of [`open`] on it with
-    /// this verifier's trusted keys. `push` is `push_opened(open(..))`; callers that verify
-    /// signatures in parallel (the expensive, stateless half) feed the results here in input
-    /// order, so the first bad record is still the one reported, with its position.
-    pub fn push_opened(
+    /// Checks the next record's place in the chain, given the outcome of [`open`] (its
+    /// [`Opened::link`]) or [`open_many`] on it with this verifier's trusted keys. `push` is
+    /// `push_link(open(..))`; callers that verify signatures in parallel (the expensive,
+    /// stateless half) feed the results here in input order, so the first bad record is still
+    /// the one reported, with its position.
+    pub fn push_link(
         &mut self,
-        opened: Result<Opened, OpenError>,
+        link: Result<Link, OpenError>,
         digest: &str,
-    ) -> Result<Statement, ChainError> {
+    ) -> Result<(), ChainError> {
         let index = self.index;
         self.index += 1;
-        let statement = match opened {
-            Ok(it) => it.statement,
-            Err(OpenError::Envelope(source)) => {
-                return Err(ChainError::Envelope { index, source });
-            }
-            Err(OpenError::NotEvidence(message)) => {
-                return Err(ChainError::NotEvidence { index, message });
-            }
-        };
-        let seq = statement.predicate.seq;
+        match link {
+            Ok(link) => self.check_link(index, &link, digest),
+            Err(OpenError::Envelope(source)) => Err(ChainError::Envelope { index, source }),
+            Err(OpenError::NotEvidence(message)) => Err(ChainError::NotEvidence { index, message }),
+        }
+    }
+
+    /// The chain checks of one record (seq, prev, pin); updates the summary when they pass.
+    fn check_link(&mut self, index: u64, link: &Link, digest: &str) -> Result<(), ChainError> {
+        let seq = link.seq;
         match &self.summary.head {
             Some((previous, previous_digest)) => {
                 let previous = *previous;
@@ -455,29 +598,22 @@ impl<'k> ChainVerifier<'k> {
                         missing,
                     });
                 }
-                if statement.predicate.prev.as_deref() != Some(previous_digest.as_str()) {
+                if link.prev.as_deref() != Some(previous_digest.as_str()) {
                     return Err(ChainError::PrevMismatch {
                         index,
                         seq,
                         expected: previous_digest.clone(),
-                        found: statement
-                            .predicate
-                            .prev
-                            .clone()
-                            .unwrap_or_else(|| "(none)".into()),
+                        found: link.prev.clone().unwrap_or_else(|| "(none)".into()),
                     });
                 }
             }
-            None if seq == 0 && statement.predicate.prev.is_some() => {
+            None if seq == 0 && link.prev.is_some() => {
                 return Err(ChainError::NotEvidence {
                     index,
                     message: "seq 0 must not have a prev".into(),
                 });
             }
             None => {}
-        }
-        if statement.predicate.kind == RecordKind::Checkpoint {
-            self.summary.n_checkpoints += 1;
         }
         if let Some(pin) = &self.pin
             && pin.seq == seq
@@ -489,10 +625,13 @@ impl<'k> ChainVerifier<'k> {
                 found: digest.to_string(),
             });
         }
+        if link.kind == RecordKind::Checkpoint {
+            self.summary.n_checkpoints += 1;
+        }
         self.summary.n_records += 1;
         self.summary.first_seq.get_or_insert(seq);
         self.summary.head = Some((seq, digest.to_string()));
-        Ok(statement)
+        Ok(())
     }
 
     /// Ends verification: a pinned record past the end means the tail was cut.
@@ -575,6 +714,16 @@ mod tests {
         .unwrap();
         let years = statement.predicate.retain_until.as_second() / (365 * 86_400);
         assert!(years >= 6, "{years}");
+        // The signed payload is the statement's canonical JSON, body included.
+        for (envelope, _) in &records {
+            let verified = dsse::verify(envelope, &[key.verifying_key()]).unwrap();
+            let statement: Statement = serde_json::from_slice(verified.payload()).unwrap();
+            assert_eq!(
+                verified.payload(),
+                crate::jcs::to_vec_of(&statement).unwrap().as_slice()
+            );
+            assert_eq!(statement.predicate.body["n"], statement.predicate.seq);
+        }
     }
 
     #[test]
@@ -655,6 +804,40 @@ mod tests {
                 index: 0,
                 source: DsseError::UnknownKey { .. }
             })
+        ));
+    }
+
+    #[test]
+    fn open_many_gives_exactly_the_results_of_open() {
+        let key = SigningKey::from_bytes(&[7; 32]);
+        let stranger = SigningKey::from_bytes(&[9; 32]);
+        let keys = [key.verifying_key()];
+        let mut envelopes: Vec<Envelope> = chain(150, &key).into_iter().map(|it| it.0).collect();
+        // Damage of every kind, spread over several batches.
+        envelopes[3].payload = envelopes[4].payload.clone();
+        let mut sig = BASE64.decode(&envelopes[70].signatures[0].sig).unwrap();
+        sig[5] ^= 1;
+        envelopes[70].signatures[0].sig = BASE64.encode(sig);
+        envelopes[71] = dsse::sign(IN_TOTO_PAYLOAD_TYPE, b"{}", &stranger);
+        let extra = envelopes[73].signatures[0].clone();
+        envelopes[72].signatures.push(extra);
+        envelopes[74].payload_type = "application/json".into();
+        envelopes[75].payload = "%%%".into();
+        envelopes[76].signatures[0].sig = "AAAA".into();
+        envelopes[77] = dsse::sign(IN_TOTO_PAYLOAD_TYPE, b"not json", &key);
+        envelopes[140].signatures.clear();
+        let refs: Vec<&Envelope> = envelopes.iter().collect();
+        let many = open_many(&refs, &keys);
+        assert_eq!(many.len(), envelopes.len());
+        for (idx, (envelope, batched)) in envelopes.iter().zip(&many).enumerate() {
+            let single = open(envelope, &keys).map(|it| it.link());
+            assert_eq!(batched, &single, "envelope {idx}");
+        }
+        let n_ok = many.iter().filter(|it| it.is_ok()).count();
+        assert_eq!(n_ok, 150 - 9);
+        assert!(matches!(
+            many[3],
+            Err(OpenError::Envelope(DsseError::BadSignature { .. }))
         ));
     }
 

@@ -69,7 +69,16 @@ fn write_value(out: &mut String, value: &Value) -> Result<(), JcsError> {
         }
         Value::Object(members) => {
             let mut sorted: Vec<(&String, &Value)> = members.iter().collect();
-            sorted.sort_by(|(a, _), (b, _)| a.encode_utf16().cmp(b.encode_utf16()));
+            // UTF-8 byte order is UTF-16 order unless a key holds a character at or above
+            // U+E000 (lead byte 0xEE or more); members usually come in byte order already (a
+            // `BTreeMap`), so the UTF-16 sort is only needed when that does not hold.
+            let in_order = sorted.windows(2).all(|it| it[0].0 < it[1].0)
+                && sorted
+                    .iter()
+                    .all(|(name, _)| name.bytes().all(|b| b < 0xee));
+            if !in_order {
+                sorted.sort_by(|(a, _), (b, _)| a.encode_utf16().cmp(b.encode_utf16()));
+            }
             out.push('{');
             for (idx, (name, member)) in sorted.into_iter().enumerate() {
                 if idx > 0 {
@@ -166,23 +175,63 @@ fn write_double(out: &mut String, value: f64) -> Result<(), JcsError> {
     Ok(())
 }
 
+/// Returns true if and only if a byte must be escaped in a JSON string (JCS escapes exactly
+/// these: the quote, the backslash and the control characters).
+fn needs_escape(byte: u8) -> bool {
+    byte < 0x20 || byte == b'"' || byte == b'\\'
+}
+
+/// Position of the first byte of `bytes` that needs an escape.
+///
+/// Evidence payloads are kilobytes of base64 and prose with few escapes; scanning 16 bytes at a
+/// time without an early exit inside a block lets the compiler use vector instructions.
+fn first_escape(bytes: &[u8]) -> Option<usize> {
+    let mut blocks = bytes.chunks_exact(16);
+    let mut offset = 0;
+    for block in &mut blocks {
+        if block.iter().fold(false, |acc, it| acc | needs_escape(*it)) {
+            return block
+                .iter()
+                .position(|it| needs_escape(*it))
+                .map(|it| offset + it);
+        }
+        offset += 16;
+    }
+    blocks
+        .remainder()
+        .iter()
+        .position(|it| needs_escape(*it))
+        .map(|it| offset + it)
+}
+
+/// Returns true if and only if JCS writes `text` verbatim between quotes.
+pub(crate) fn is_verbatim(text: &str) -> bool {
+    first_escape(text.as_bytes()).is_none()
+}
+
 fn write_string(out: &mut String, text: &str) {
     out.push('"');
-    for c in text.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\u{8}' => out.push_str("\\b"),
-            '\t' => out.push_str("\\t"),
-            '\n' => out.push_str("\\n"),
-            '\u{c}' => out.push_str("\\f"),
-            '\r' => out.push_str("\\r"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
+    // Runs of characters that need no escape are copied as one slice. Every byte that needs an
+    // escape is ASCII, so each position found is a char boundary.
+    let mut rest = text;
+    while let Some(at) = first_escape(rest.as_bytes()) {
+        out.push_str(&rest[..at]);
+        let byte = rest.as_bytes()[at];
+        match byte {
+            b'"' => out.push_str("\\\""),
+            b'\\' => out.push_str("\\\\"),
+            0x08 => out.push_str("\\b"),
+            b'\t' => out.push_str("\\t"),
+            b'\n' => out.push_str("\\n"),
+            0x0c => out.push_str("\\f"),
+            b'\r' => out.push_str("\\r"),
+            _ => {
+                let _ = write!(out, "\\u{:04x}", byte);
             }
-            c => out.push(c),
         }
+        rest = &rest[at + 1..];
     }
+    out.push_str(rest);
     out.push('"');
 }
 

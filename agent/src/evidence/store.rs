@@ -12,13 +12,17 @@
 //! bytes, never file paths), and each sink keeps a cursor (`sinks.delivered_seq`). Nothing is
 //! deleted to make room; the outbox raises an alarm record instead.
 
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 
 use ed25519_dalek::SigningKey;
 use jiff::Timestamp;
-use msp_compliance_protocol::dsse::{self, Envelope};
-use msp_compliance_protocol::evidence::{Author, Draft, Position, RecordError, seal};
+use msp_compliance_protocol::dsse::Envelope;
+use msp_compliance_protocol::evidence::{
+    Author, CheckpointBody, Draft, Position, RecordError, RecordKind, seal,
+};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use sha2::{Digest, Sha256};
 
 /// Schema version (SQLite `user_version`).
 const SCHEMA_VERSION: i64 = 1;
@@ -224,6 +228,48 @@ impl Store {
         now: Timestamp,
         key: &SigningKey,
     ) -> Result<Vec<Appended>, StoreError> {
+        self.append_built(|_| Cow::Borrowed(drafts), author, now, key)
+    }
+
+    /// Appends a checkpoint of the current head (kind `checkpoint`, body [`CheckpointBody`]).
+    /// The head is read inside the appending transaction, so no other writer can slip a record
+    /// between the head the checkpoint names and the checkpoint itself. `None` when the chain
+    /// is empty: there is nothing to pin.
+    pub fn append_checkpoint(
+        &mut self,
+        author: &Author,
+        now: Timestamp,
+        key: &SigningKey,
+    ) -> Result<Option<Appended>, StoreError> {
+        let appended = self.append_built(
+            |head| match head {
+                Some((head_seq, head_digest)) => Cow::Owned(vec![Draft {
+                    kind: RecordKind::Checkpoint,
+                    baseline: None,
+                    controls: Vec::new(),
+                    // A struct of an integer and a string always serializes.
+                    body: serde_json::json!(CheckpointBody {
+                        head_seq: *head_seq,
+                        head_digest: head_digest.clone(),
+                    }),
+                }]),
+                None => Cow::Borrowed(&[]),
+            },
+            author,
+            now,
+            key,
+        )?;
+        Ok(appended.into_iter().next())
+    }
+
+    /// Appends the drafts `build` makes from the head, in one durable transaction.
+    fn append_built<'d>(
+        &mut self,
+        build: impl FnOnce(Option<&(u64, String)>) -> Cow<'d, [Draft]>,
+        author: &Author,
+        now: Timestamp,
+        key: &SigningKey,
+    ) -> Result<Vec<Appended>, StoreError> {
         let path = self.path.clone();
         let tx = self
             .conn
@@ -237,12 +283,13 @@ impl Store {
             )
             .optional()
             .map_err(|source| sqlite(&path, source))?;
+        let drafts = build(head.as_ref());
         let mut res = Vec::with_capacity(drafts.len());
         {
             let mut insert = tx
                 .prepare_cached("INSERT INTO records (seq, digest, kind, recorded_at, envelope) VALUES (?1, ?2, ?3, ?4, ?5)")
                 .map_err(|source| sqlite(&path, source))?;
-            for draft in drafts {
+            for draft in drafts.iter() {
                 let position = match &head {
                     Some((seq, digest)) => Position {
                         seq: seq + 1,
@@ -253,9 +300,9 @@ impl Store {
                 let envelope = seal(draft, &position, author, now, key)?;
                 // Stored as the canonical bytes whose SHA-256 is the digest, so anyone can
                 // recompute a digest from an exported line.
-                let bytes = msp_compliance_protocol::jcs::to_vec_of(&envelope)
-                    .map_err(RecordError::from)?;
-                let digest = dsse::digest(&envelope);
+                let bytes = msp_compliance_protocol::dsse::canonical_bytes(&envelope);
+                // `dsse::digest` by definition, without serializing the envelope a second time.
+                let digest = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
                 insert
                     .execute(params![
                         position.seq as i64,
@@ -431,6 +478,14 @@ impl Store {
             .map_err(|source| sqlite(&self.path, source))?;
         Ok(())
     }
+
+    /// Removes a value from the meta table (absent is fine).
+    pub fn remove_meta(&self, key: &str) -> Result<(), StoreError> {
+        self.conn
+            .execute("DELETE FROM meta WHERE key = ?1", params![key])
+            .map_err(|source| sqlite(&self.path, source))?;
+        Ok(())
+    }
 }
 
 fn sqlite(path: &Path, source: rusqlite::Error) -> StoreError {
@@ -455,6 +510,7 @@ fn restrict_permissions(path: &Path) {
 
 #[cfg(test)]
 mod tests {
+    use msp_compliance_protocol::dsse;
     use msp_compliance_protocol::evidence::{ChainVerifier, RecordKind};
     use serde_json::json;
 
@@ -532,5 +588,34 @@ mod tests {
             (1, 0, None)
         );
         assert_eq!(store.backlog("worm").unwrap().0, 1);
+    }
+
+    #[test]
+    fn a_checkpoint_pins_the_head_it_follows() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("e.sqlite")).unwrap();
+        let key = SigningKey::from_bytes(&[3; 32]);
+        let now = Timestamp::from_second(1_800_000_000).unwrap();
+        assert_eq!(store.append_checkpoint(&author(), now, &key).unwrap(), None);
+        let appended = store
+            .append(&[draft(0), draft(1)], &author(), now, &key)
+            .unwrap();
+        let checkpoint = store
+            .append_checkpoint(&author(), now, &key)
+            .unwrap()
+            .unwrap();
+        assert_eq!(checkpoint.seq, 2);
+        let record = store.records_from(2, 1).unwrap().remove(0);
+        assert_eq!(record.kind, "checkpoint");
+        let envelope = record.parse().unwrap();
+        assert_eq!(dsse::digest(&envelope), checkpoint.digest);
+        let verified = dsse::verify(&envelope, &[key.verifying_key()]).unwrap();
+        let statement: msp_compliance_protocol::evidence::Statement =
+            serde_json::from_slice(verified.payload()).unwrap();
+        let body: CheckpointBody = serde_json::from_value(statement.predicate.body).unwrap();
+        assert_eq!(
+            (body.head_seq, body.head_digest),
+            (1, appended[1].digest.clone())
+        );
     }
 }

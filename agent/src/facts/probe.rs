@@ -133,7 +133,13 @@ pub enum ProbeSource {
     Direct,
     /// Replay recordings (fixture trees).
     Recorded(PathBuf),
+    /// Start the fixed root unit `msp-compliance-probe@<name>.service` (allowed by the NixOS
+    /// module's polkit rule) and read the result it writes to `<dir>/<name>.{stdout,stderr,exit}`.
+    Units(PathBuf),
 }
+
+/// Where the NixOS module's probe units write their results.
+pub const PROBE_RESULT_DIR: &str = "/run/msp-compliance/probe";
 
 impl ProbeSource {
     /// Reads a privileged fact.
@@ -151,8 +157,42 @@ impl ProbeSource {
                 Ok(out)
             }
             ProbeSource::Recorded(dir) => CommandSource::Recorded(dir.clone()).run(&invocation),
+            ProbeSource::Units(dir) => read_through_unit(&invocation, dir, commands),
         }
     }
+}
+
+/// Starts the probe's root oneshot unit and reads what it recorded. The unit name is built from
+/// the probe's fixed record name, never from outside input; `systemctl start` of a oneshot
+/// returns when it has finished, and the unit moves its result files into place atomically.
+fn read_through_unit(
+    invocation: &Invocation,
+    dir: &Path,
+    commands: &CommandSource,
+) -> Result<Output, FactError> {
+    let unit = format!("msp-compliance-probe@{}.service", invocation.name);
+    let start = Invocation::new(
+        format!("systemctl-start-{}", invocation.name),
+        "systemctl",
+        &["start", &unit],
+    );
+    let started_at = std::time::SystemTime::now();
+    commands.run(&start)?.success(&start)?;
+    // A result older than this start means the unit did not write one (it would be stale).
+    let exit_file = dir.join(format!("{}.exit", invocation.name));
+    let written = std::fs::metadata(&exit_file)
+        .and_then(|it| it.modified())
+        .map_err(|err| FactError::Io {
+            path: exit_file.clone(),
+            source: err,
+        })?;
+    if written + std::time::Duration::from_secs(1) < started_at {
+        return Err(FactError::CommandUnavailable {
+            command: invocation.display(),
+            why: format!("{unit} left no fresh result in {}", dir.display()),
+        });
+    }
+    CommandSource::Recorded(dir.to_path_buf()).run(invocation)
 }
 
 /// Returns true if and only if this process runs with effective uid 0.
@@ -258,5 +298,65 @@ mod tests {
         let it = good.invocation().unwrap();
         assert_eq!(it.name, "luks-dump.dev-disk-by-uuid-0b7d");
         assert_eq!(it.args, vec!["luksDump", "/dev/disk/by-uuid/0b7d"]);
+    }
+
+    /// The probe-unit source against a stand-in `systemctl` (a script in a private search path)
+    /// that behaves like the NixOS module's unit: writes the result files, or is refused.
+    #[test]
+    fn units_source_starts_the_unit_and_reads_its_fresh_result() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let bin = dir.path().join("bin");
+        let results = dir.path().join("probe");
+        std::fs::create_dir_all(&bin).unwrap();
+        std::fs::create_dir_all(&results).unwrap();
+        let limits = |search: &Path| crate::facts::command::Limits {
+            timeout: std::time::Duration::from_secs(5),
+            max_output: 1 << 20,
+            search_path: vec![search.to_path_buf()],
+        };
+        let write_systemctl = |body: &str| {
+            let path = bin.join("systemctl");
+            std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        };
+        let source = ProbeSource::Units(results.clone());
+        let results_text = results.display().to_string();
+
+        write_systemctl(&format!(
+            "[ \"$1 $2\" = \"start msp-compliance-probe@nft-ruleset.service\" ] || exit 9\nprintf '{{\"nftables\":[]}}' > {results_text}/nft-ruleset.stdout\necho 0 > {results_text}/nft-ruleset.exit"
+        ));
+        let out = source
+            .read(&Probe::NftRuleset, &CommandSource::Live(limits(&bin)))
+            .unwrap();
+        assert_eq!(out.stdout_text(), r#"{"nftables":[]}"#);
+
+        write_systemctl(
+            "echo 'Failed to start msp-compliance-probe@auditctl-status.service: Access denied' >&2\nexit 4",
+        );
+        let err = source
+            .read(&Probe::AuditStatus, &CommandSource::Live(limits(&bin)))
+            .unwrap_err();
+        assert!(err.to_string().contains("Access denied"), "{err}");
+
+        // The unit "succeeds" but writes nothing new: an old result must not be served.
+        std::fs::write(
+            results.join("auditctl-rules.stdout"),
+            "-w /etc/passwd -p wa",
+        )
+        .unwrap();
+        std::fs::write(results.join("auditctl-rules.exit"), "0").unwrap();
+        let old = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+        std::fs::File::options()
+            .write(true)
+            .open(results.join("auditctl-rules.exit"))
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        write_systemctl("exit 0");
+        let err = source
+            .read(&Probe::AuditRules, &CommandSource::Live(limits(&bin)))
+            .unwrap_err();
+        assert!(err.to_string().contains("no fresh result"), "{err}");
     }
 }

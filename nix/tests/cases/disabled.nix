@@ -1,0 +1,2 @@
+# Not enabled: the module renders nothing and asserts nothing.
+{ }
