@@ -15,6 +15,7 @@
       # the modules and the module-eval checks evaluate offline.
       overlays.default = final: _prev: {
         msp-compliance-agent = final.callPackage ./package.nix { };
+        msp-mcp = final.callPackage ./package.nix { crate = "msp-mcp"; };
       };
 
       nixosModules = {
@@ -24,14 +25,24 @@
           imports = [ ./modules/msp-compliance.nix ];
           services.msp-compliance.package = lib.mkDefault (pkgs.callPackage ./package.nix { });
         };
+        # The control-plane server, built the same way.
+        msp-mcp = { lib, pkgs, ... }: {
+          _file = "${toString ./flake.nix}#nixosModules.msp-mcp";
+          imports = [ ./modules/msp-mcp.nix ];
+          services.msp-mcp.package = lib.mkDefault (pkgs.callPackage ./package.nix { crate = "msp-mcp"; });
+        };
         default = self.nixosModules.msp-compliance;
       };
 
       packages = forAllSystems (system:
-        let agent = (pkgsFor system).callPackage ./package.nix { }; in
+        let
+          pkgs = pkgsFor system;
+          agent = pkgs.callPackage ./package.nix { };
+        in
         {
           default = agent;
           msp-compliance-agent = agent;
+          msp-mcp = pkgs.callPackage ./package.nix { crate = "msp-mcp"; };
         });
 
       apps = forAllSystems (system:
@@ -45,6 +56,11 @@
         {
           default = app;
           msp-compliance-agent = app;
+          msp-mcp = {
+            type = "app";
+            program = "${self.packages.${system}.msp-mcp}/bin/msp-mcp";
+            meta.description = "msp-mcp: the reference control plane (serve, enroll hosts, sign orders)";
+          };
         });
 
       checks = forAllSystems (system: {
@@ -53,6 +69,7 @@
         # The same cases with the real nixpkgs lib of the pinned nixpkgs.
         module-eval-nixpkgs-lib = import ./nix/tests/flake-check.nix { inherit system; inherit (nixpkgs) lib; };
         package = self.packages.${system}.default;
+        package-msp-mcp = self.packages.${system}.msp-mcp;
       });
 
       devShells = forAllSystems (system:

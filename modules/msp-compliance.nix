@@ -10,7 +10,8 @@
 #   `msp-compliance-agent declared schema`, so checks compare declared with live state without
 #   evaluating Nix at run time;
 # - the agent's unit: an unprivileged system user under strict hardening, secrets only through
-#   systemd `LoadCredential`, run by a timer;
+#   systemd `LoadCredential`, running the daemon (`msp-compliance-agent run`: checks, check-in,
+#   signed orders, outbox) with SIGHUP for a new generation's configuration;
 # - least privilege for the root-only reads: fixed root oneshot units `msp-compliance-probe@<name>`
 #   and a polkit rule that lets the agent user start exactly those and nothing else.
 #
@@ -376,12 +377,15 @@ let
     lib.optional (cfg.evidenceSigningKeyFile != null) "evidence-signing-key:${cfg.evidenceSigningKeyFile}"
     ++ lib.optional (cfg.phiTokenKeyFile != null) "phi-token-key:${cfg.phiTokenKeyFile}"
     ++ lib.optional (cfg.s3AccessKeyIdFile != null) "s3-access-key-id:${cfg.s3AccessKeyIdFile}"
-    ++ lib.optional (cfg.s3SecretAccessKeyFile != null) "s3-secret-access-key:${cfg.s3SecretAccessKeyFile}";
+    ++ lib.optional (cfg.s3SecretAccessKeyFile != null) "s3-secret-access-key:${cfg.s3SecretAccessKeyFile}"
+    ++ lib.optional (cfg.mtlsClientKeyFile != null) "mtls-client-key:${cfg.mtlsClientKeyFile}";
 
   outbox = cfg.settings.outbox or { };
   s3Sink = outbox.s3 or null;
   directorySink = outbox.directory or null;
-  hasSink = s3Sink != null || directorySink != null;
+  controlPlane = cfg.settings.control_plane or null;
+  # The daemon talks to the network only for the control plane and the S3 sink.
+  needsNetwork = controlPlane != null || s3Sink != null;
   chrony = config.services.chrony.enable or false;
 
   agent = "${cfg.package}/bin/msp-compliance-agent";
@@ -416,12 +420,13 @@ let
     { section = "evidence"; key = "phi_token_key_file"; option = "phiTokenKeyFile"; }
     { section = "outbox.s3"; key = "access_key_id_file"; option = "s3AccessKeyIdFile"; }
     { section = "outbox.s3"; key = "secret_access_key_file"; option = "s3SecretAccessKeyFile"; }
+    { section = "control_plane"; key = "client_key_file"; option = "mtlsClientKeyFile"; }
   ];
   directKeyFile = section: key:
     (lib.attrByPath (lib.splitString "." section ++ [ key ]) null cfg.settings);
 
   storeFile = file: file != null && lib.hasPrefix "${builtins.storeDir}/" file;
-  secretOptions = [ "evidenceSigningKeyFile" "phiTokenKeyFile" "s3AccessKeyIdFile" "s3SecretAccessKeyFile" ];
+  secretOptions = [ "evidenceSigningKeyFile" "phiTokenKeyFile" "s3AccessKeyIdFile" "s3SecretAccessKeyFile" "mtlsClientKeyFile" ];
 in
 {
   options.services.msp-compliance = {
@@ -463,7 +468,7 @@ in
           poll_interval_secs = mkOption {
             type = types.ints.between 10 86400;
             default = 300;
-            description = "Seconds between check runs (the timer's interval; later the daemon's cycle).";
+            description = "Seconds between the daemon's cycles (checks, check-in, orders, outbox), jittered by ±10 %.";
           };
           baseline_file = mkOption {
             type = types.str;
@@ -534,6 +539,18 @@ in
       example = "/run/secrets/msp-compliance-s3-secret-access-key";
     };
 
+    mtlsClientKeyFile = mkOption {
+      type = secretFile;
+      default = null;
+      description = ''
+        Private key (PEM) of this host's client certificate for the control plane
+        ({option}`services.msp-compliance.settings.control_plane`), as written by
+        `msp-mcp enroll`. Handed over with `LoadCredential` as `mtls-client-key`, which the agent
+        reads when `control_plane.client_key_file` is not set.
+      '';
+      example = "/var/lib/msp-compliance-secrets/client.key";
+    };
+
     baseline = {
       id = mkOption {
         type = identifier;
@@ -580,6 +597,31 @@ in
       {
         assertion = cfg.settings.host_id != null;
         message = "${opt}.settings.host_id must be set: this host's identifier within the site (e.g. its host name).";
+      }
+      {
+        assertion = controlPlane != null || directorySink != null || s3Sink != null;
+        message = "${opt}.settings.control_plane.url must be set (the control plane the agent checks in with), or, for an air-gapped site, ${opt}.settings.outbox.directory or .s3: otherwise evidence never leaves this host.";
+      }
+      {
+        assertion = controlPlane == null || builtins.match "https://[^/@?#]+(/.*)?" (controlPlane.url or "") != null;
+        message = "${opt}.settings.control_plane.url must be an https:// URL without credentials; found ${builtins.toJSON (controlPlane.url or null)}.";
+      }
+      {
+        assertion = controlPlane == null || (controlPlane ? server_ca_file && controlPlane ? client_certificate_file);
+        message = "${opt}.settings.control_plane.server_ca_file and .client_certificate_file must be set (the files `msp-mcp enroll` writes).";
+      }
+      {
+        assertion = controlPlane == null || cfg.mtlsClientKeyFile != null || (controlPlane.client_key_file or null) != null;
+        message = "${opt}.mtlsClientKeyFile must be set when ${opt}.settings.control_plane is configured.";
+      }
+      {
+        assertion = controlPlane == null || (cfg.settings.orders.order_public_key_files or [ ]) != [ ];
+        message = "${opt}.settings.orders.order_public_key_files must name the control plane's order public key(s) (`msp-mcp init` prints its path); without it every order is refused.";
+      }
+      {
+        assertion = (cfg.settings.orders.maintenance_window or null) == null
+          || builtins.match "([01][0-9]|2[0-3]):[0-5][0-9]-([01][0-9]|2[0-3]):[0-5][0-9]" cfg.settings.orders.maintenance_window != null;
+        message = "${opt}.settings.orders.maintenance_window must be \"HH:MM-HH:MM\" (24-hour, may cross midnight); found ${builtins.toJSON (cfg.settings.orders.maintenance_window or null)}.";
       }
       {
         assertion = firewallBackend == "iptables" || firewallBackend == "nftables";
@@ -713,32 +755,29 @@ in
     ++ lib.optional (directorySink != null) "d ${directorySink.path} 0750 ${user} ${group} - -";
 
     systemd.services.msp-compliance = {
-      description = "msp-compliance: check this host against the HIPAA baseline";
+      description = "msp-compliance: check, heal and prove this host against the HIPAA baseline";
       documentation = [ "https://example.invalid/msp-compliance" ];
-      # Only the S3 sink needs the network (NixOS warns about an ordering without the want).
-      after = [ "systemd-tmpfiles-setup.service" ] ++ lib.optional (s3Sink != null) "network-online.target";
-      wants = lib.optional (s3Sink != null) "network-online.target";
-      # As restic's jobs: a rebuild must not interrupt a check that is running.
-      restartIfChanged = false;
-      # A oneshot run by the timer below. The long-running daemon (`msp-compliance-agent run`:
-      # signed orders, outbox pushes every cycle) comes with the control-plane issue and will
-      # replace the timer with Type=notify and Restart=on-failure.
+      wantedBy = [ "multi-user.target" ];
+      # The control plane and the S3 sink need the network (NixOS warns about an ordering
+      # without the want). Offline the agent keeps working and queues.
+      after = [ "systemd-tmpfiles-setup.service" ] ++ lib.optional needsNetwork "network-online.target";
+      wants = lib.optional needsNetwork "network-online.target";
+      # A new generation's config is picked up by SIGHUP (the daemon re-reads and validates it,
+      # keeping the old one when the new one is bad); a restart would only cut a cycle short.
+      reloadIfChanged = true;
       serviceConfig = {
-        Type = "oneshot";
-        ExecStart = "${agent} check --config ${configPath}";
-        # Ship recorded evidence to the configured sinks after each check. A failed delivery
-        # ("-": it does not fail the unit) leaves the records in the store; the outbox backs off,
-        # retries at the next run and records its own alarm when the backlog grows.
-        ExecStartPost = lib.optional hasSink "-${agent} queue drain --config ${configPath}";
-        # Exit 1 means a check failed: the run worked and recorded its findings. Exit 2 (an
-        # unknown finding or a configuration error) fails the unit, so it shows in
-        # `systemctl --failed`; it is not restarted (the next timer run retries), while a crash
-        # is retried after RestartSec.
-        SuccessExitStatus = [ 1 ];
+        # The daemon: a cycle every poll_interval_secs (checks, check-in, signed orders, outbox).
+        Type = "exec";
+        ExecStart = "${agent} run --config ${configPath}";
+        ExecReload = "${pkgs.coreutils}/bin/kill -HUP $MAINPID";
+        # SIGTERM: the daemon finishes the step it is in (every write is a transaction) and
+        # exits 0; a restart resumes where it stopped.
+        TimeoutStopSec = "2min";
+        # A configuration error exits 2 and is not retried (fix the config, then restart);
+        # anything else (a crash) is retried.
         Restart = "on-failure";
-        RestartSec = "5min";
+        RestartSec = "30s";
         RestartPreventExitStatus = [ 2 ];
-        TimeoutStartSec = "30min";
         SyslogIdentifier = "msp-compliance";
 
         User = user;
@@ -776,10 +815,11 @@ in
         RemoveIPC = true;
         # AF_UNIX: systemd over D-Bus, clamd's socket, the journal. AF_INET/AF_INET6: chronyc
         # asks chronyd over UDP on localhost when not run as root (logging check, time sync),
-        # and the S3 sink ships evidence.
-        RestrictAddressFamilies = [ "AF_UNIX" ] ++ lib.optionals (chrony || s3Sink != null) [ "AF_INET" "AF_INET6" ];
-        IPAddressDeny = lib.optional (s3Sink == null) "any";
-        IPAddressAllow = lib.optional (s3Sink == null && chrony) "localhost";
+        # the control plane (HTTPS, outgoing only: the agent listens on no socket) and the S3
+        # sink.
+        RestrictAddressFamilies = [ "AF_UNIX" ] ++ lib.optionals (chrony || needsNetwork) [ "AF_INET" "AF_INET6" ];
+        IPAddressDeny = lib.optional (!needsNetwork) "any";
+        IPAddressAllow = lib.optional (!needsNetwork && chrony) "localhost";
         RestrictNamespaces = true;
         RestrictRealtime = true;
         RestrictSUIDSGID = true;
@@ -789,15 +829,6 @@ in
         SystemCallFilter = [ "@system-service" "~@privileged @resources" ];
         SystemCallErrorNumber = "EPERM";
         UMask = "0077";
-      };
-    };
-
-    systemd.timers.msp-compliance = {
-      description = "msp-compliance: periodic compliance check";
-      wantedBy = [ "timers.target" ];
-      timerConfig = {
-        OnBootSec = "2min";
-        OnUnitInactiveSec = "${toString cfg.settings.poll_interval_secs}s";
       };
     };
 

@@ -219,11 +219,14 @@ PY
 section "systemd-analyze security (threshold 2.5)"
 for case in "${cases[@]}"; do
   units="$work/stub/$case/units"
-  [ -f "$units/msp-compliance.service" ] || continue
+  [ -f "$units/msp-compliance.service" ] || [ -f "$units/msp-mcp.service" ] || continue
   mkdir -p "$work/score/$case"
-  cp "$units/msp-compliance.service" "$work/score/$case/"
+  for unit in msp-compliance.service msp-mcp.service; do
+    [ -f "$units/$unit" ] && cp "$units/$unit" "$work/score/$case/"
+  done
   # A probe instance is the template plus its drop-in, as systemd merges them.
   for dropin in "$units"/msp-compliance-probe@*.service.d/overrides.conf; do
+    [ -f "$dropin" ] || continue
     instance=$(basename "$(dirname "$dropin")" .d)
     cat "$units/msp-compliance-probe@.service" "$dropin" >"$work/score/$case/$instance"
   done
@@ -296,7 +299,7 @@ mkdir -p "$work/flake"
 git ls-files -z --cached --others --exclude-standard | grep -zv '^target/' | tar --null -T - -cf - | tar -xf - -C "$work/flake"
 flake="path:$work/flake"
 system=$(uname -m)-linux
-for expr in 'nixosModules.default' 'nixosModules.msp-compliance' 'overlays.default'; do
+for expr in 'nixosModules.default' 'nixosModules.msp-compliance' 'nixosModules.msp-mcp' 'overlays.default'; do
   start=$(now_ms)
   if [ "$(nix eval "$flake#$expr" --apply builtins.isFunction 2>"$work/error")" = true ]; then
     printf '  %s is a function (%d ms)\n' "$expr" $(($(now_ms) - start))
@@ -307,7 +310,7 @@ for expr in 'nixosModules.default' 'nixosModules.msp-compliance' 'overlays.defau
 done
 # The output attribute names, per system, without evaluating any package.
 shape=$(nix eval --json "$flake#packages" --apply 'builtins.mapAttrs (_: builtins.attrNames)' 2>"$work/error")
-[ "$shape" = '{"aarch64-linux":["default","msp-compliance-agent"],"x86_64-linux":["default","msp-compliance-agent"]}' ] ||
+[ "$shape" = '{"aarch64-linux":["default","msp-compliance-agent","msp-mcp"],"x86_64-linux":["default","msp-compliance-agent","msp-mcp"]}' ] ||
   fail "flake packages: $shape $(cat "$work/error")"
 for output in apps checks devShells; do
   names=$(nix eval --json "$flake#$output" --apply 'outputs: builtins.attrNames outputs.x86_64-linux == builtins.attrNames outputs.aarch64-linux' 2>"$work/error")

@@ -17,10 +17,13 @@ pub mod logging;
 pub mod patching;
 
 use jiff::Timestamp;
-use msp_compliance_protocol::finding::{Finding, Fix, RuleResult, SafetyClass, Status, WaiverRef};
+use msp_compliance_protocol::finding::{
+    Finding, Fix, Report, RuleResult, SafetyClass, Status, WaiverRef,
+};
 use serde_json::Value;
 
 use crate::baseline::Baseline;
+use crate::config::Config;
 use crate::facts::{FactError, Host};
 
 /// One host check.
@@ -197,6 +200,25 @@ pub fn run(
             })
             .collect()
     })
+}
+
+/// Runs the selected checks ([`run`]) and wraps their findings in this agent's report: what
+/// `check` prints and what every daemon cycle records, built in one place.
+pub fn report(
+    checks: &[&'static dyn RegisteredCheck],
+    host: &Host,
+    baseline: &Baseline,
+    config: &Config,
+    now: Timestamp,
+) -> Report {
+    Report {
+        agent_version: env!("CARGO_PKG_VERSION").to_string(),
+        site_id: config.site_id.clone(),
+        host_id: config.host_id.clone(),
+        observed_at: now,
+        baseline: baseline.reference(),
+        findings: run(checks, host, baseline, now),
+    }
 }
 
 /// Observes and judges one check without letting a panic escape.

@@ -1,5 +1,6 @@
 //! The command line: `check`, `config validate|schema`, `baseline show|validate|schema`,
-//! `declared validate|schema`, `queue status|drain`, `keygen`, `evidence verify|export|checkpoint`.
+//! `declared validate|schema`, `queue status|drain`, `keygen`, `evidence verify|export|checkpoint`,
+//! `run` (the daemon).
 //!
 //! This is the edge of the binary: it parses arguments, builds the configuration, the baseline
 //! and the host view, runs the checks and prints. It is the only module that prints.
@@ -25,6 +26,7 @@ use crate::facts::{Host, HostPaths};
 
 mod evidence;
 mod queue;
+mod run;
 
 /// Where a fixture or image root keeps recorded command outputs.
 pub const RECORDED_COMMANDS_DIR: &str = ".msp-compliance/commands";
@@ -61,6 +63,9 @@ enum Command {
     /// Verify, export or checkpoint the signed evidence chain.
     #[command(subcommand)]
     Evidence(evidence::EvidenceCommand),
+    /// Run the agent daemon: checks every poll interval, check-in with the control plane,
+    /// orders, evidence shipping. Stops cleanly on SIGTERM/SIGINT (exit 0), reloads on SIGHUP.
+    Run(run::RunArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -197,6 +202,7 @@ pub fn run(args: Args, out: &mut dyn Write) -> Result<u8> {
         }
         Command::Keygen(keygen_args) => evidence::run_keygen(keygen_args, out),
         Command::Evidence(command) => evidence::run_evidence(command, out),
+        Command::Run(run_args) => run::run_daemon(run_args),
     }
 }
 
@@ -212,16 +218,7 @@ fn run_check(args: CheckArgs, out: &mut dyn Write) -> Result<u8> {
     // The keys load before any check runs: a misconfigured key stops here, not after the work.
     let check_evidence = evidence::prepare_check(&config)?;
     let host = build_host(root, &config);
-    let now = jiff::Timestamp::now();
-    let findings = checks::run(&selected, &host, &baseline, now);
-    let report = Report {
-        agent_version: env!("CARGO_PKG_VERSION").to_string(),
-        site_id: config.site_id.clone(),
-        host_id: config.host_id.clone(),
-        observed_at: now,
-        baseline: baseline.reference(),
-        findings,
-    };
+    let report = checks::report(&selected, &host, &baseline, &config, jiff::Timestamp::now());
     match args.format {
         Format::Json => {
             print_json(out, &report)?;

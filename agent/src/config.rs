@@ -8,6 +8,7 @@
 //! [`parse_document`] is the one reader of JSON/YAML documents (config, baseline, declared.json),
 //! so all of them report errors the same way.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -17,6 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::facts::command::DEFAULT_SEARCH_PATH;
 use crate::facts::declared::{BackupTool, DeclaredBackupJob};
+use crate::orders::window::MaintenanceWindow;
 
 /// Largest configuration, baseline or declared.json accepted.
 pub const MAX_DOCUMENT_BYTES: usize = 1024 * 1024;
@@ -59,6 +61,127 @@ pub struct ConfigFile {
     /// Where evidence is shipped, and the backlog limits.
     #[serde(default)]
     pub outbox: OutboxFile,
+    /// The control plane the daemon (`run`) checks in with over HTTPS with mTLS. Absent: `run`
+    /// works standalone (checks, evidence, the other sinks) and says so in its log.
+    #[serde(default)]
+    pub control_plane: Option<ControlPlaneFile>,
+    /// Signed orders from the control plane, and the guardrails they must pass.
+    #[serde(default)]
+    pub orders: OrdersFile,
+}
+
+/// The control plane: where it is, which CA signs its certificate, and this host's client
+/// certificate.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ControlPlaneFile {
+    /// Base URL, `https://host[:port]` (no credentials, query or fragment; a path prefix is
+    /// allowed). Plain HTTP is refused: orders and evidence travel only over mTLS.
+    pub url: String,
+    /// PEM file with the CA certificate(s) that sign the server's certificate. These are the
+    /// only roots trusted for the control plane (pinned); the system's roots are not used.
+    pub server_ca_file: PathBuf,
+    /// PEM file with this host's client certificate (chain), as enrolled at the control plane.
+    pub client_certificate_file: PathBuf,
+    /// PEM file with the client certificate's private key (mode 0600). When absent, the
+    /// systemd credential `mtls-client-key` (`$CREDENTIALS_DIRECTORY/mtls-client-key`) is used.
+    #[serde(default)]
+    pub client_key_file: Option<PathBuf>,
+    /// Seconds before a whole request to the control plane is abandoned (1 to 300); connecting
+    /// is limited to 10 seconds.
+    #[serde(default = "default_request_timeout")]
+    pub request_timeout_secs: u64,
+}
+
+/// The validated control-plane settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ControlPlane {
+    /// Base URL without a trailing `/`, `https://` only.
+    pub url: String,
+    /// The pinned server CA file.
+    pub server_ca_file: PathBuf,
+    /// The client certificate file.
+    pub client_certificate_file: PathBuf,
+    /// The client key file; `None` for the systemd credential `mtls-client-key`.
+    pub client_key_file: Option<PathBuf>,
+    /// Whole-request timeout.
+    pub request_timeout: Duration,
+}
+
+/// Signed orders and their guardrails (DESIGN §5). The defaults are the safe choice; see
+/// `docs/defaults.md`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OrdersFile {
+    /// Files with the control plane's order public keys (standard base64 of the raw 32 bytes,
+    /// one line each). Orders must carry a valid signature by one of them; several keys allow
+    /// rotation. At least one is needed to accept orders (`run` with a `control_plane`).
+    #[serde(default)]
+    pub order_public_key_files: Vec<PathBuf>,
+    /// Longest lifetime (`expires_at - issued_at`) of an order, in seconds (1 to 86400).
+    #[serde(default = "default_max_ttl")]
+    pub max_ttl_secs: u64,
+    /// Clock difference tolerated, in seconds (0 to 3600): how far in the future an order may
+    /// be issued, and how far the agent's clock may differ from the server's before disruptive
+    /// actions are refused.
+    #[serde(default = "default_max_clock_skew")]
+    pub max_clock_skew_secs: u64,
+    /// Run every order as a dry run: all guardrails are checked and recorded, nothing changes.
+    #[serde(default)]
+    pub dry_run: bool,
+    /// Daily maintenance window for disruptive actions, `"HH:MM-HH:MM"` of local time in
+    /// `timezone`; it may cross midnight (`"22:00-04:00"`). Disruptive actions outside it are
+    /// deferred. When absent, disruptive actions are refused (`outside_window`): there is no
+    /// time they may run.
+    #[serde(default)]
+    pub maintenance_window: Option<String>,
+    /// IANA time zone of the site (e.g. `America/New_York`), for the maintenance window.
+    #[serde(default = "default_timezone")]
+    pub timezone: String,
+    /// Most actions executed per rolling hour, all runbooks together (1 to 3600). Dry runs
+    /// do not count.
+    #[serde(default = "default_max_actions_per_hour")]
+    pub max_actions_per_hour: u32,
+    /// Cooldown per runbook id, in seconds (1 to 604800), overriding the runbook's default.
+    #[serde(default)]
+    pub cooldown_secs: BTreeMap<String, u64>,
+}
+
+impl Default for OrdersFile {
+    fn default() -> OrdersFile {
+        OrdersFile {
+            order_public_key_files: Vec::new(),
+            max_ttl_secs: default_max_ttl(),
+            max_clock_skew_secs: default_max_clock_skew(),
+            dry_run: false,
+            maintenance_window: None,
+            timezone: default_timezone(),
+            max_actions_per_hour: default_max_actions_per_hour(),
+            cooldown_secs: BTreeMap::new(),
+        }
+    }
+}
+
+/// The validated `orders` section. Keys are loaded when the guardrails are built
+/// (`orders::Guardrails::from_config`), so `check` does not need them.
+#[derive(Clone, Debug)]
+pub struct OrdersConfig {
+    /// Order public key files (absolute paths).
+    pub order_public_key_files: Vec<PathBuf>,
+    /// Longest order lifetime.
+    pub max_ttl: Duration,
+    /// Clock difference tolerated.
+    pub max_clock_skew: Duration,
+    /// Every order is a dry run.
+    pub dry_run: bool,
+    /// The maintenance window; `None` refuses disruptive actions.
+    pub maintenance_window: Option<MaintenanceWindow>,
+    /// The site's time zone.
+    pub timezone: jiff::tz::TimeZone,
+    /// Most actions per rolling hour.
+    pub max_actions_per_hour: u32,
+    /// Cooldown overrides per runbook id (every id is a known runbook).
+    pub cooldowns: BTreeMap<String, Duration>,
 }
 
 /// Evidence settings.
@@ -264,6 +387,21 @@ fn default_s3_region() -> String {
 fn default_true() -> bool {
     true
 }
+fn default_max_ttl() -> u64 {
+    900
+}
+fn default_max_clock_skew() -> u64 {
+    120
+}
+fn default_timezone() -> String {
+    "UTC".to_string()
+}
+fn default_max_actions_per_hour() -> u32 {
+    6
+}
+fn default_request_timeout() -> u64 {
+    30
+}
 
 /// The validated configuration.
 #[derive(Clone, Debug)]
@@ -300,6 +438,10 @@ pub struct Config {
     pub phi_token_key_file: Option<PathBuf>,
     /// Outbox settings (validated).
     pub outbox: OutboxFile,
+    /// The control plane, if configured.
+    pub control_plane: Option<ControlPlane>,
+    /// Order guardrail settings (validated).
+    pub orders: OrdersConfig,
 }
 
 impl Config {
@@ -446,6 +588,11 @@ impl Config {
                 ));
             }
         }
+        let control_plane = match &file.control_plane {
+            Some(control_plane) => Some(validate_control_plane(path, control_plane)?),
+            None => None,
+        };
+        let orders = validate_orders(path, &file.orders)?;
         let mut backup_jobs = Vec::new();
         for (idx, job) in file.backup_jobs.into_iter().enumerate() {
             let field = |name: &str| format!("backup_jobs[{idx}].{name}");
@@ -485,6 +632,8 @@ impl Config {
             signing_key_file: file.evidence.signing_key_file,
             phi_token_key_file: file.evidence.phi_token_key_file,
             outbox: file.outbox,
+            control_plane,
+            orders,
         })
     }
 
@@ -509,8 +658,165 @@ impl Config {
             signing_key_file: None,
             phi_token_key_file: None,
             outbox: OutboxFile::default(),
+            control_plane: None,
+            orders: OrdersConfig {
+                order_public_key_files: Vec::new(),
+                max_ttl: Duration::from_secs(default_max_ttl()),
+                max_clock_skew: Duration::from_secs(default_max_clock_skew()),
+                dry_run: false,
+                maintenance_window: None,
+                timezone: jiff::tz::TimeZone::UTC,
+                max_actions_per_hour: default_max_actions_per_hour(),
+                cooldowns: BTreeMap::new(),
+            },
         }
     }
+}
+
+/// Validates the `control_plane` section; errors name the field path.
+fn validate_control_plane(path: &Path, file: &ControlPlaneFile) -> Result<ControlPlane, LoadError> {
+    let invalid = |field: &str, message: String| {
+        LoadError::invalid(path, &format!("control_plane.{field}"), message)
+    };
+    let Some(rest) = file.url.strip_prefix("https://") else {
+        // Quoting only the scheme: the rest of a bad URL could hold credentials.
+        let scheme = file.url.split("://").next().unwrap_or("");
+        return Err(invalid(
+            "url",
+            format!("expected an https:// URL, found scheme {scheme:?}"),
+        ));
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    if authority.contains('@') {
+        return Err(invalid(
+            "url",
+            "expected a URL without credentials (the client certificate identifies this host)"
+                .to_string(),
+        ));
+    }
+    if authority.is_empty() || rest.contains(['?', '#']) || rest.contains(char::is_whitespace) {
+        return Err(invalid(
+            "url",
+            format!(
+                "expected https://host[:port][/prefix], found {:?}",
+                file.url
+            ),
+        ));
+    }
+    let files = [
+        ("server_ca_file", Some(&file.server_ca_file)),
+        (
+            "client_certificate_file",
+            Some(&file.client_certificate_file),
+        ),
+        ("client_key_file", file.client_key_file.as_ref()),
+    ];
+    for (field, value) in files {
+        if let Some(value) = value
+            && !value.is_absolute()
+        {
+            return Err(invalid(
+                field,
+                format!("expected an absolute path, found {}", value.display()),
+            ));
+        }
+    }
+    if !(1..=300).contains(&file.request_timeout_secs) {
+        return Err(invalid(
+            "request_timeout_secs",
+            format!(
+                "expected 1 to 300 seconds, found {}",
+                file.request_timeout_secs
+            ),
+        ));
+    }
+    Ok(ControlPlane {
+        url: file.url.trim_end_matches('/').to_string(),
+        server_ca_file: file.server_ca_file.clone(),
+        client_certificate_file: file.client_certificate_file.clone(),
+        client_key_file: file.client_key_file.clone(),
+        request_timeout: Duration::from_secs(file.request_timeout_secs),
+    })
+}
+
+/// Validates the `orders` section; errors name the field path.
+fn validate_orders(path: &Path, file: &OrdersFile) -> Result<OrdersConfig, LoadError> {
+    let invalid = |field: &str, message: String| {
+        LoadError::invalid(path, &format!("orders.{field}"), message)
+    };
+    for (idx, key_file) in file.order_public_key_files.iter().enumerate() {
+        if !key_file.is_absolute() {
+            return Err(invalid(
+                &format!("order_public_key_files[{idx}]"),
+                format!("expected an absolute path, found {}", key_file.display()),
+            ));
+        }
+    }
+    let ranges = [
+        ("max_ttl_secs", file.max_ttl_secs, 1, 86_400),
+        ("max_clock_skew_secs", file.max_clock_skew_secs, 0, 3_600),
+        (
+            "max_actions_per_hour",
+            u64::from(file.max_actions_per_hour),
+            1,
+            3_600,
+        ),
+    ];
+    for (field, value, min, max) in ranges {
+        if !(min..=max).contains(&value) {
+            return Err(invalid(
+                field,
+                format!("expected {min} to {max}, found {value}"),
+            ));
+        }
+    }
+    let maintenance_window = match &file.maintenance_window {
+        Some(text) => Some(
+            MaintenanceWindow::parse(text)
+                .map_err(|err| invalid("maintenance_window", format!("{err}, found {text:?}")))?,
+        ),
+        None => None,
+    };
+    // An empty name would make jiff pick no zone at all; a zone is always named here.
+    let timezone = match jiff::tz::TimeZone::get(&file.timezone) {
+        Ok(it) if !file.timezone.is_empty() => it,
+        _ => {
+            return Err(invalid(
+                "timezone",
+                format!(
+                    "expected an IANA time zone name such as \"America/New_York\" (from the system's tz database), found {:?}",
+                    file.timezone
+                ),
+            ));
+        }
+    };
+    let mut cooldowns = BTreeMap::new();
+    for (id, secs) in &file.cooldown_secs {
+        if crate::runbooks::find(id).is_none() {
+            let known: Vec<&str> = crate::runbooks::RUNBOOKS.iter().map(|it| it.id).collect();
+            return Err(invalid(
+                &format!("cooldown_secs.{id}"),
+                format!("expected a runbook id (one of {})", known.join(", ")),
+            ));
+        }
+        if !(1..=604_800).contains(secs) {
+            return Err(invalid(
+                &format!("cooldown_secs.{id}"),
+                format!("expected 1 to 604800 seconds, found {secs}"),
+            ));
+        }
+        cooldowns.insert(id.clone(), Duration::from_secs(*secs));
+    }
+    Ok(OrdersConfig {
+        order_public_key_files: file.order_public_key_files.clone(),
+        max_ttl: Duration::from_secs(file.max_ttl_secs),
+        max_clock_skew: Duration::from_secs(file.max_clock_skew_secs),
+        dry_run: file.dry_run,
+        maintenance_window,
+        timezone,
+        max_actions_per_hour: file.max_actions_per_hour,
+        cooldowns,
+    })
 }
 
 /// JSON Schema of the configuration file.
@@ -746,6 +1052,59 @@ mod tests {
             r#"{"site_id":"a","host_id":"b"} trailing"#,
             "not valid JSON",
         );
+    }
+
+    #[test]
+    fn control_plane_errors_name_the_field() {
+        let files = r#""server_ca_file":"/ca.pem","client_certificate_file":"/c.pem""#;
+        let load = |section: String| {
+            let text = format!(r#"{{"site_id":"a","host_id":"b","control_plane":{section}}}"#);
+            load_text("c.json", &text)
+        };
+        let check = |section: String, expect: &str| {
+            let err = load(section).unwrap_err().to_string();
+            assert!(err.contains(expect), "{err:?} does not contain {expect:?}");
+        };
+        check(
+            format!(r#"{{"url":"http://cp.example",{files}}}"#),
+            r#"control_plane.url: expected an https:// URL, found scheme "http""#,
+        );
+        check(
+            format!(r#"{{"url":"https://user:hunter2@cp.example",{files}}}"#),
+            "control_plane.url: expected a URL without credentials",
+        );
+        check(
+            format!(r#"{{"url":"https://",{files}}}"#),
+            "control_plane.url: expected https://host",
+        );
+        check(
+            r#"{"url":"https://cp.example","server_ca_file":"ca.pem","client_certificate_file":"/c.pem"}"#.to_string(),
+            "control_plane.server_ca_file: expected an absolute path",
+        );
+        check(
+            format!(r#"{{"url":"https://cp.example","request_timeout_secs":0,{files}}}"#),
+            "control_plane.request_timeout_secs: expected 1 to 300 seconds, found 0",
+        );
+        check(
+            format!(r#"{{"url":"https://cp.example","client_key":"/k",{files}}}"#),
+            "control_plane.client_key: unknown field `client_key`",
+        );
+        check(
+            r#"{"url":"https://cp.example"}"#.to_string(),
+            "missing field `server_ca_file`",
+        );
+        let secret = load(format!(r#"{{"url":"https://u:hunter2@x",{files}}}"#))
+            .unwrap_err()
+            .to_string();
+        assert!(!secret.contains("hunter2"), "{secret}");
+        let config = load(format!(
+            r#"{{"url":"https://cp.example:8443/api/",{files}}}"#
+        ))
+        .unwrap();
+        let control_plane = config.control_plane.unwrap();
+        assert_eq!(control_plane.url, "https://cp.example:8443/api");
+        assert_eq!(control_plane.request_timeout, Duration::from_secs(30));
+        assert_eq!(control_plane.client_key_file, None);
     }
 
     #[test]

@@ -13,6 +13,11 @@
 
 use std::path::{Path, PathBuf};
 
+use msp_compliance_protocol::evidence::{Draft, RecordKind};
+use msp_compliance_protocol::finding::Report;
+
+use crate::phi::Scrubber;
+
 pub mod keys;
 pub mod store;
 pub mod verify;
@@ -23,4 +28,23 @@ pub const STORE_FILE: &str = "evidence.sqlite";
 /// Where the evidence store of a state directory lives: `<state_dir>/evidence.sqlite`.
 pub fn store_path(state_dir: &Path) -> PathBuf {
     state_dir.join(STORE_FILE)
+}
+
+/// One `check` record per finding of a report, PHI-scrubbed: what `check` and every daemon
+/// cycle record. Scrubbed here, before sealing, because a signature cannot survive scrubbing
+/// afterwards.
+pub fn check_drafts(report: &Report, scrubber: &Scrubber) -> Result<Vec<Draft>, serde_json::Error> {
+    report
+        .findings
+        .iter()
+        .map(|finding| {
+            let value = serde_json::to_value(finding)?;
+            Ok(Draft {
+                kind: RecordKind::Check,
+                baseline: Some(report.baseline.clone()),
+                controls: finding.controls.clone(),
+                body: scrubber.scrub_value(&value),
+            })
+        })
+        .collect()
 }

@@ -7,11 +7,18 @@
 //! - [`baseline`]: the policy (thresholds, waivers) and its digest;
 //! - [`facts`]: how facts are read (root prefix, fixed commands, privileged probes, declared);
 //! - [`checks`]: one file per check, each observing facts and judging them purely;
+//! - [`runbooks`]: the whitelist of actions an order may name, with parameter schemas, as data;
+//! - [`orders`]: signed orders through verification and every guardrail (sans-I/O except the
+//!   durable order memory), into an admission and its evidence;
 //! - [`phi`]: PHI scrubbing with keyed-hash tokens, applied to everything before it is sealed;
-//! - [`outbox`]: ships evidence records to the configured sinks (directory, S3 Object Lock);
+//! - [`outbox`]: ships evidence records to the configured sinks (directory, S3 Object Lock,
+//!   the control plane);
+//! - [`mcp_client`]: the HTTPS + mTLS client of the control plane (pull-only);
+//! - [`daemon`]: `run`, the cycle of DESIGN §2 (checks, check-in, orders, results, outbox);
 //! - [`cli`]: the command line, the only place that prints.
 //!
-//! Later issues add `healer`, `heal`, `evidence`, `outbox`, `mcp_client`, `winrm`, `runbooks`.
+//! Later issues add `healer`, `heal`, `evidence`, `outbox`, `mcp_client`, `winrm` (and the heal
+//! and Windows runbooks).
 
 #![forbid(unsafe_code)]
 
@@ -19,7 +26,11 @@ pub mod baseline;
 pub mod checks;
 pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod evidence;
 pub mod facts;
+pub mod mcp_client;
+pub mod orders;
 pub mod outbox;
 pub mod phi;
+pub mod runbooks;

@@ -12,14 +12,15 @@
 //! cursor to the last record the sink confirmed, and on failure records the error and when to
 //! try again (exponential backoff with equal jitter, capped). It never deletes anything: when a
 //! backlog passes a configured size or age it appends an `outbox_overflow` alarm record, once per
-//! crossing. This module and `mcp_client` (a later issue) are the only ones that touch the
-//! network; it prints nothing (the CLI and the daemon report what [`drain`] returns).
+//! crossing. This module and `mcp_client` are the only ones that touch the network; it prints
+//! nothing (the CLI and the daemon report what [`drain`] returns).
 //!
-//! Sinks sit behind one trait, [`Sink`], rather than a closed enum: the control-plane sink of a
-//! later issue lives in `mcp_client` next to its connection and must plug in without this
-//! module knowing its type, and the fault tests plug in sinks that fail on purpose. The trait
-//! returns a boxed future so `dyn Sink` works without a macro crate.
+//! Sinks sit behind one trait, [`Sink`], rather than a closed enum: the fault tests plug in
+//! sinks that fail on purpose, and a sink is built from its configuration section alone. The
+//! sinks are `directory`, `s3` and `control_plane` (over `mcp_client`'s mTLS connection). The
+//! trait returns a boxed future so `dyn Sink` works without a macro crate.
 
+pub mod control_plane;
 pub mod directory;
 pub mod s3;
 
@@ -149,6 +150,10 @@ pub enum SinkError {
         name: String,
         message: String,
     },
+    /// The destination read the record and refused to store it (the control plane's
+    /// `rejected` verdict); nothing after it is delivered until someone looks.
+    #[error("{name}: rejected by the server: {reason}")]
+    Rejected { name: String, reason: String },
 }
 
 /// Why a sink could not be built from the configuration.
@@ -170,6 +175,9 @@ pub enum SetupError {
     /// The endpoint is not a usable URL.
     #[error("outbox.s3.endpoint: {0}")]
     Endpoint(String),
+    /// The control-plane client could not be built.
+    #[error("control_plane: {0}")]
+    ControlPlane(#[from] crate::mcp_client::SetupError),
 }
 
 /// Backoff and backlog limits, from the configuration.
@@ -326,7 +334,7 @@ pub fn backoff_delay(policy: &Policy, failures: u32, random: u64) -> Duration {
     Duration::from_millis(u64::try_from(millis).unwrap_or(u64::MAX))
 }
 
-/// Builds the sinks the configuration names, in a fixed order (directory, then S3).
+/// Builds the sinks the configuration names, in a fixed order (directory, S3, control plane).
 pub fn sinks_from_config(config: &Config) -> Result<Vec<Box<dyn Sink>>, SetupError> {
     let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
     if let Some(directory) = &config.outbox.directory {
@@ -337,6 +345,12 @@ pub fn sinks_from_config(config: &Config) -> Result<Vec<Box<dyn Sink>>, SetupErr
     if let Some(s3) = &config.outbox.s3 {
         let settings = s3::S3Settings::from_config(s3)?;
         sinks.push(Box::new(s3::S3Sink::new(settings)?));
+    }
+    if let Some(control_plane) = &config.control_plane {
+        let client = crate::mcp_client::Client::new(control_plane)?;
+        sinks.push(Box::new(control_plane::ControlPlaneSink::new(
+            std::sync::Arc::new(client),
+        )));
     }
     Ok(sinks)
 }
@@ -350,6 +364,11 @@ pub fn sink_names(config: &Config) -> Vec<String> {
     }
     if let Some(s3) = &config.outbox.s3 {
         names.push(s3::S3Sink::name_for(&s3.endpoint, &s3.bucket, &s3.prefix));
+    }
+    if let Some(control_plane) = &config.control_plane {
+        names.push(control_plane::ControlPlaneSink::name_for(
+            &control_plane.url,
+        ));
     }
     names
 }

@@ -188,7 +188,17 @@ fn every_config_setting_is_reachable_from_the_module() {
       services.msp-compliance = {
         enable = true;
         evidenceSigningKeyFile = "/var/lib/msp-compliance-secrets/evidence-signing-key";
-        settings = builtins.fromJSON settings // { site_id = "clinic-042"; host_id = "frontdesk"; };
+        mtlsClientKeyFile = "/var/lib/msp-compliance-secrets/client.key";
+        settings = builtins.fromJSON settings // {
+          site_id = "clinic-042";
+          host_id = "frontdesk";
+          control_plane = {
+            url = "https://mcp.example-msp.net:8443";
+            server_ca_file = "/etc/msp-compliance/mcp/ca.pem";
+            client_certificate_file = "/etc/msp-compliance/mcp/client.pem";
+          };
+          orders.order_public_key_files = [ "/etc/msp-compliance/mcp/order-signing.key.pub" ];
+        };
       };
     }"#;
     let files = render(case, &[("settings", &settings.to_string())]);

@@ -1,4 +1,4 @@
-# Evaluates modules/msp-compliance.nix with `lib.evalModules` and the NixOS stand-ins, and
+# Evaluates modules/msp-compliance.nix and modules/msp-mcp.nix with `lib.evalModules` and the NixOS stand-ins, and
 # returns what the module renders as a flat set of file name -> text (the golden files'
 # layout). Failed assertions throw, as NixOS does when building the system.
 #
@@ -20,6 +20,7 @@ let
     modules = [
       ./nixos-stubs.nix
       module
+      ../../modules/msp-mcp.nix
       caseModule
       { _module.args.pkgs = pkgs; }
     ];
@@ -54,6 +55,8 @@ let
       groups = builtins.attrNames config.users.groups;
       systemPackages = map (it: it.name) config.environment.systemPackages;
       timersWantedBy = builtins.mapAttrs (_: it: it.wantedBy) config.systemd.timers;
+      servicesWantedBy = builtins.mapAttrs (_: it: it.wantedBy) (lib.filterAttrs (_: it: it.wantedBy != [ ]) config.systemd.services);
+      reloadIfChanged = builtins.attrNames (lib.filterAttrs (_: it: it.reloadIfChanged) config.systemd.services);
     };
   };
 in

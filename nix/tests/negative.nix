@@ -8,7 +8,7 @@ let
     services.msp-compliance = {
       enable = true;
       evidenceSigningKeyFile = "/var/lib/msp-compliance-secrets/evidence-signing-key";
-      settings = { site_id = "clinic-042"; host_id = "frontdesk"; } // settings;
+      settings = { site_id = "clinic-042"; host_id = "frontdesk"; outbox.directory.path = "/srv/evidence"; } // settings;
     };
   };
   withAgent = agent: {
@@ -138,5 +138,61 @@ in
   firewalld = {
     module = { imports = [ (base { }) ]; networking.firewall.backend = "firewalld"; };
     expect = [ "${opt}: networking.firewall.backend = \"firewalld\" is not supported" ];
+  };
+  mcp-bad-listen = {
+    module.services.msp-mcp = { enable = true; listen = "localhost"; };
+    expect = [ "services.msp-mcp.listen must be address:port" ];
+  };
+  mcp-port-zero = {
+    module.services.msp-mcp = { enable = true; listen = "127.0.0.1:0"; };
+    expect = [ "services.msp-mcp.listen must be address:port" ];
+  };
+  mcp-partial-tls = {
+    module.services.msp-mcp = { enable = true; tls.certificateFile = "/etc/msp-mcp/server.pem"; };
+    expect = [ "services.msp-mcp.tls.certificateFile, keyFile and clientCaFile go together" ];
+  };
+  mcp-relative-key = {
+    module.services.msp-mcp = { enable = true; tls.keyFile = "relative/key"; };
+    expect = [ "services.msp-mcp.tls.keyFile" "is not of type" ];
+  };
+  mcp-server-name-with-space = {
+    module.services.msp-mcp = { enable = true; serverNames = [ "a b" ]; };
+    expect = [ "services.msp-mcp.serverNames" ];
+  };
+  no-server-url = {
+    module.services.msp-compliance = {
+      enable = true;
+      settings = { site_id = "clinic-042"; host_id = "frontdesk"; };
+    };
+    expect = [ "services.msp-compliance.settings.control_plane.url must be set" ];
+  };
+  plain-http-control-plane = {
+    module = base {
+      control_plane = { url = "http://mcp.example-msp.net"; server_ca_file = "/etc/ca.pem"; client_certificate_file = "/etc/client.pem"; };
+      orders.order_public_key_files = [ "/etc/order.pub" ];
+    };
+    expect = [ "services.msp-compliance.settings.control_plane.url must be an https:// URL" ];
+  };
+  control-plane-without-key = {
+    module = base {
+      control_plane = { url = "https://mcp.example-msp.net"; server_ca_file = "/etc/ca.pem"; client_certificate_file = "/etc/client.pem"; };
+      orders.order_public_key_files = [ "/etc/order.pub" ];
+    };
+    expect = [ "services.msp-compliance.mtlsClientKeyFile must be set" ];
+  };
+  control-plane-without-order-keys = {
+    module = {
+      imports = [ (base { control_plane = { url = "https://mcp.example-msp.net"; server_ca_file = "/etc/ca.pem"; client_certificate_file = "/etc/client.pem"; }; }) ];
+      services.msp-compliance.mtlsClientKeyFile = "/var/lib/secrets/client.key";
+    };
+    expect = [ "services.msp-compliance.settings.orders.order_public_key_files must name" ];
+  };
+  malformed-maintenance-window = {
+    module = base { orders.maintenance_window = "10pm-4am"; };
+    expect = [ "services.msp-compliance.settings.orders.maintenance_window must be \"HH:MM-HH:MM\"" ];
+  };
+  mtls-key-in-store = {
+    module = withAgent { mtlsClientKeyFile = "/nix/store/00000000000000000000000000000000-client.key"; };
+    expect = [ "services.msp-compliance.mtlsClientKeyFile points into the Nix store" ];
   };
 }

@@ -68,6 +68,7 @@ in
             serviceConfig = mkOption { type = types.attrsOf unitOption; default = { }; };
             overrideStrategy = mkOption { type = types.enum [ "asDropinIfExists" "asDropin" ]; default = "asDropinIfExists"; };
             restartIfChanged = enableOption true;
+            reloadIfChanged = enableOption false;
           };
         }
       ]);

@@ -11,6 +11,7 @@ let
 in
 {
   msp-compliance-agent = fake "msp-compliance-agent-0.1.0";
+  msp-mcp = fake "msp-mcp-0.1.0";
   audit = fake "audit-4.0";
   coreutils = fake "coreutils-9.5";
   iptables = fake "iptables-1.8.11";

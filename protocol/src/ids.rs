@@ -1,4 +1,4 @@
-//! Identifiers both ends agree on: check ids and HIPAA Security Rule citations.
+//! Identifiers both ends agree on: check ids, runbook ids and HIPAA Security Rule citations.
 //!
 //! They are defined once here so that a typo is a compile error, not a silent mismatch between
 //! what the agent emits and what a rule or the server matches on.
@@ -20,6 +20,14 @@ pub mod check {
 
     /// Every check id, in the order checks run and are reported.
     pub const ALL: [&str; 6] = [PATCHING, AV_EDR, BACKUP, LOGGING, FIREWALL, ENCRYPTION];
+}
+
+/// Runbook ids: the `action` of an order (the agent's whitelist is its runbook registry).
+pub mod runbook {
+    /// Run the checks now (all, or the listed ones) and record their findings.
+    pub const RUN_CHECKS: &str = "run-checks";
+    /// Re-send evidence records from a sequence number on.
+    pub const COLLECT_EVIDENCE: &str = "collect-evidence";
 }
 
 /// HIPAA Security Rule citations (45 CFR Part 164) used by the checks.

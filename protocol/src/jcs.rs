@@ -37,9 +37,28 @@ const MAX_SAFE_INTEGER: u64 = (1 << 53) - 1;
 
 /// Canonical bytes of a JSON value.
 pub fn to_vec(value: &Value) -> Result<Vec<u8>, JcsError> {
+    to_string(value).map(String::into_bytes)
+}
+
+/// Canonical text of a JSON value.
+pub(crate) fn to_string(value: &Value) -> Result<String, JcsError> {
     let mut out = String::new();
-    write_value(&mut out, value)?;
-    Ok(out.into_bytes())
+    write_value(&mut out, value, None)?;
+    Ok(out)
+}
+
+/// Canonical text of `value` in which the node `at` (found by address, so it must be a node
+/// *inside* `value`) is written as `canonical`, the canonical text of the value that belongs
+/// there. Lets a caller canonicalize a large member once, hash it, and splice it into its
+/// container instead of canonicalizing it a second time.
+pub(crate) fn to_string_splicing(
+    value: &Value,
+    at: &Value,
+    canonical: &str,
+) -> Result<String, JcsError> {
+    let mut out = String::with_capacity(canonical.len() + 1024);
+    write_value(&mut out, value, Some((at, canonical)))?;
+    Ok(out)
 }
 
 /// Canonical text of a serializable value (serialized to JSON first).
@@ -50,7 +69,17 @@ pub fn to_vec_of<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, JcsError> {
     to_vec(&value)
 }
 
-fn write_value(out: &mut String, value: &Value) -> Result<(), JcsError> {
+fn write_value(
+    out: &mut String,
+    value: &Value,
+    splice: Option<(&Value, &str)>,
+) -> Result<(), JcsError> {
+    if let Some((at, canonical)) = splice
+        && std::ptr::eq(value, at)
+    {
+        out.push_str(canonical);
+        return Ok(());
+    }
     match value {
         Value::Null => out.push_str("null"),
         Value::Bool(true) => out.push_str("true"),
@@ -63,7 +92,7 @@ fn write_value(out: &mut String, value: &Value) -> Result<(), JcsError> {
                 if idx > 0 {
                     out.push(',');
                 }
-                write_value(out, item)?;
+                write_value(out, item, splice)?;
             }
             out.push(']');
         }
@@ -86,7 +115,7 @@ fn write_value(out: &mut String, value: &Value) -> Result<(), JcsError> {
                 }
                 write_string(out, name);
                 out.push(':');
-                write_value(out, member)?;
+                write_value(out, member, splice)?;
             }
             out.push('}');
         }

@@ -23,13 +23,18 @@
 //! - Evidence records are in-toto Statement v1 payloads chained by `seq` and `prev`
 //!   ([`evidence`]); [`evidence::ChainVerifier`] is the one chain verifier of agent and server.
 //!
-//! Later issues add orders and rule bundles here.
+//! - Orders and their results ([`order`]) are DSSE envelopes too; [`api`] is the agent↔server
+//!   API v1 (every request made by the agent).
+//!
+//! Rule bundles come with the healer.
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod api;
 pub mod dsse;
 pub mod evidence;
 pub mod finding;
 pub mod ids;
 pub mod jcs;
+pub mod order;

@@ -191,20 +191,8 @@ pub fn record_check(evidence: CheckEvidence, config: &Config, report: &Report) -
         } => (key, scrubber, store),
         CheckEvidence::Off(why) => return Ok(format!("evidence: none recorded: {why}")),
     };
-    let drafts = report
-        .findings
-        .iter()
-        .map(|finding| {
-            let value = serde_json::to_value(finding).context("cannot serialize a finding")?;
-            Ok(Draft {
-                kind: RecordKind::Check,
-                baseline: Some(report.baseline.clone()),
-                controls: finding.controls.clone(),
-                // Scrubbed before sealing: a signature cannot survive scrubbing afterwards.
-                body: scrubber.scrub_value(&value),
-            })
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let drafts =
+        crate::evidence::check_drafts(report, &scrubber).context("cannot serialize a finding")?;
     if drafts.is_empty() {
         return Ok("evidence: none recorded: no findings".to_string());
     }

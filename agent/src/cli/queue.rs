@@ -37,7 +37,7 @@ pub(super) fn status(config: &Config, out: &mut dyn Write) -> Result<u8> {
     if configured.is_empty() {
         writeln!(
             out,
-            "sinks: none configured (outbox.directory, outbox.s3); records stay in the store"
+            "sinks: none configured (outbox.directory, outbox.s3, control_plane); records stay in the store"
         )?;
     }
     let now = Timestamp::now();
@@ -117,7 +117,7 @@ pub(super) fn drain(config: &Config, out: &mut dyn Write) -> Result<u8> {
     if sinks.is_empty() {
         writeln!(
             out,
-            "no sinks configured (outbox.directory, outbox.s3); nothing to drain"
+            "no sinks configured (outbox.directory, outbox.s3, control_plane); nothing to drain"
         )?;
         return Ok(0);
     }

@@ -19,10 +19,16 @@ use ed25519_dalek::SigningKey;
 use jiff::Timestamp;
 use msp_compliance_protocol::dsse::Envelope;
 use msp_compliance_protocol::evidence::{
-    Author, CheckpointBody, Draft, Position, RecordError, RecordKind, seal,
+    Author, CanonicalBody, CheckpointBody, Draft, Position, RecordError, RecordKind, seal_canonical,
 };
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use sha2::{Digest, Sha256};
+
+/// Batches at least this long are sealed on a second thread while the first inserts.
+const PIPELINE_MIN_DRAFTS: usize = 16;
+
+/// Sealed records handed from the sealing thread to the inserting one at a time.
+const PIPELINE_CHUNK: usize = 8;
 
 /// Schema version (SQLite `user_version`).
 const SCHEMA_VERSION: i64 = 1;
@@ -289,34 +295,73 @@ impl Store {
             let mut insert = tx
                 .prepare_cached("INSERT INTO records (seq, digest, kind, recorded_at, envelope) VALUES (?1, ?2, ?3, ?4, ?5)")
                 .map_err(|source| sqlite(&path, source))?;
-            for draft in drafts.iter() {
-                let position = match &head {
-                    Some((seq, digest)) => Position {
-                        seq: seq + 1,
-                        prev: Some(digest.clone()),
-                    },
-                    None => Position { seq: 0, prev: None },
-                };
-                let envelope = seal(draft, &position, author, now, key)?;
-                // Stored as the canonical bytes whose SHA-256 is the digest, so anyone can
-                // recompute a digest from an exported line.
-                let bytes = msp_compliance_protocol::dsse::canonical_bytes(&envelope);
-                // `dsse::digest` by definition, without serializing the envelope a second time.
-                let digest = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
+            let mut insert_one = |sealed: Sealed| -> Result<(), StoreError> {
                 insert
                     .execute(params![
-                        position.seq as i64,
-                        digest,
-                        draft.kind.as_str(),
+                        sealed.seq as i64,
+                        sealed.digest,
+                        sealed.kind.as_str(),
                         now.as_second(),
-                        bytes
+                        sealed.bytes
                     ])
                     .map_err(|source| sqlite(&path, source))?;
                 res.push(Appended {
-                    seq: position.seq,
-                    digest: digest.clone(),
+                    seq: sealed.seq,
+                    digest: sealed.digest,
                 });
-                head = Some((position.seq, digest));
+                Ok(())
+            };
+            if drafts.len() < PIPELINE_MIN_DRAFTS {
+                for draft in drafts.iter() {
+                    let body = CanonicalBody::of(draft)?;
+                    let sealed = seal_next(draft, &body, &mut head, author, now, key)?;
+                    insert_one(sealed)?;
+                }
+            } else {
+                // A batch: bodies are canonicalized in parallel (they do not depend on the
+                // chain), then one thread signs in chain order while this one inserts, so
+                // signing and SQLite overlap. Signing is inherently sequential: each record
+                // names the digest of the previous envelope, signature included.
+                let bodies = canonical_bodies(&drafts)?;
+                std::thread::scope(|scope| -> Result<(), StoreError> {
+                    // Sealed records travel in small chunks: one hand-over per record costs
+                    // more in wake-ups than the insert it feeds.
+                    let (sender, receiver) =
+                        std::sync::mpsc::sync_channel::<Result<Vec<Sealed>, RecordError>>(8);
+                    let drafts = &drafts;
+                    let mut sealer_head = head.clone();
+                    scope.spawn(move || {
+                        let mut chunk = Vec::with_capacity(PIPELINE_CHUNK);
+                        for (draft, body) in drafts.iter().zip(&bodies) {
+                            match seal_next(draft, body, &mut sealer_head, author, now, key) {
+                                Ok(sealed) => chunk.push(sealed),
+                                Err(err) => {
+                                    let _ = sender.send(Err(err));
+                                    return;
+                                }
+                            }
+                            if chunk.len() == PIPELINE_CHUNK {
+                                let full = std::mem::replace(
+                                    &mut chunk,
+                                    Vec::with_capacity(PIPELINE_CHUNK),
+                                );
+                                // The receiver only hangs up after an insert failed; stop then.
+                                if sender.send(Ok(full)).is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                        let _ = sender.send(Ok(chunk));
+                    });
+                    // Every draft arrives here, or an error does; a panicking sealer closes the
+                    // channel early and `scope` then carries its panic on.
+                    for chunk in receiver {
+                        for sealed in chunk? {
+                            insert_one(sealed)?;
+                        }
+                    }
+                    Ok(())
+                })?;
             }
         }
         tx.commit().map_err(|source| sqlite(&path, source))?;
@@ -479,6 +524,29 @@ impl Store {
         Ok(())
     }
 
+    /// Every meta entry whose key starts with `prefix`, in key order.
+    pub fn meta_with_prefix(&self, prefix: &str) -> Result<Vec<(String, String)>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT key, value FROM meta WHERE substr(key, 1, length(?1)) = ?1 ORDER BY key",
+            )
+            .map_err(|source| sqlite(&self.path, source))?;
+        let rows = stmt
+            .query_map(params![prefix], |row| Ok((row.get(0)?, row.get(1)?)))
+            .map_err(|source| sqlite(&self.path, source))?;
+        rows.collect::<Result<Vec<_>, _>>()
+            .map_err(|source| sqlite(&self.path, source))
+    }
+
+    /// Gives back the memory SQLite holds for this connection (its page cache), for a
+    /// long-running process between uses; the next query reads what it needs again.
+    pub fn release_memory(&self) -> Result<(), StoreError> {
+        self.conn
+            .execute_batch("PRAGMA shrink_memory")
+            .map_err(|source| sqlite(&self.path, source))
+    }
+
     /// Removes a value from the meta table (absent is fine).
     pub fn remove_meta(&self, key: &str) -> Result<(), StoreError> {
         self.conn
@@ -500,6 +568,72 @@ fn sqlite(path: &Path, source: rusqlite::Error) -> StoreError {
         path: path.to_path_buf(),
         source,
     }
+}
+
+/// A sealed record ready to insert.
+struct Sealed {
+    seq: u64,
+    digest: String,
+    kind: RecordKind,
+    bytes: Vec<u8>,
+}
+
+/// Seals `draft` after `head` and moves `head` to it.
+fn seal_next(
+    draft: &Draft,
+    body: &CanonicalBody,
+    head: &mut Option<(u64, String)>,
+    author: &Author,
+    now: Timestamp,
+    key: &SigningKey,
+) -> Result<Sealed, RecordError> {
+    let position = match head.as_ref() {
+        Some((seq, digest)) => Position {
+            seq: seq + 1,
+            prev: Some(digest.clone()),
+        },
+        None => Position { seq: 0, prev: None },
+    };
+    let envelope = seal_canonical(draft, body, &position, author, now, key)?;
+    // Stored as the canonical bytes whose SHA-256 is the digest, so anyone can recompute a
+    // digest from an exported line.
+    let bytes = msp_compliance_protocol::dsse::canonical_bytes(&envelope);
+    // `dsse::digest` by definition, without serializing the envelope a second time.
+    let digest = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
+    *head = Some((position.seq, digest.clone()));
+    Ok(Sealed {
+        seq: position.seq,
+        digest,
+        kind: draft.kind,
+        bytes,
+    })
+}
+
+/// Canonical bodies of many drafts, computed on all cores.
+fn canonical_bodies(drafts: &[Draft]) -> Result<Vec<CanonicalBody>, RecordError> {
+    let threads = std::thread::available_parallelism()
+        .map(|it| it.get())
+        .unwrap_or(1)
+        .clamp(1, 8);
+    let chunk = drafts.len().div_ceil(threads).max(1);
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = drafts
+            .chunks(chunk)
+            .map(|part| scope.spawn(move || part.iter().map(CanonicalBody::of).collect::<Vec<_>>()))
+            .collect();
+        let mut res = Vec::with_capacity(drafts.len());
+        for worker in workers {
+            // A worker only canonicalizes JSON; it cannot panic short of a bug, and then the
+            // panic is carried on rather than hidden.
+            let part = worker
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            for body in part {
+                res.push(body?);
+            }
+        }
+        Ok(res)
+    })
 }
 
 fn restrict_permissions(path: &Path) {
@@ -566,6 +700,43 @@ mod tests {
             std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
             0o600
         );
+    }
+
+    #[test]
+    fn large_batches_are_sealed_in_chain_order_or_not_at_all() {
+        // Batches of `PIPELINE_MIN_DRAFTS` or more take the two-thread path; their records
+        // must chain exactly like one-by-one appends, and a draft that cannot be sealed must
+        // leave nothing of its batch behind.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("evidence.sqlite");
+        let key = SigningKey::from_bytes(&[3; 32]);
+        let now = Timestamp::from_second(1_800_000_000).unwrap();
+        let mut store = Store::open(&path).unwrap();
+        store.append(&[draft(0)], &author(), now, &key).unwrap();
+        let big: Vec<Draft> = (1..=PIPELINE_MIN_DRAFTS as u64 * 3 + 5)
+            .map(draft)
+            .collect();
+        let appended = store.append(&big, &author(), now, &key).unwrap();
+        let seqs: Vec<u64> = appended.iter().map(|it| it.seq).collect();
+        assert_eq!(seqs, (1..=big.len() as u64).collect::<Vec<_>>());
+        let mut poisoned = big.clone();
+        poisoned[PIPELINE_MIN_DRAFTS + 2].body = json!({ "n": u64::MAX });
+        assert!(matches!(
+            store.append(&poisoned, &author(), now, &key),
+            Err(StoreError::Record(_))
+        ));
+        assert_eq!(store.len().unwrap(), 1 + big.len() as u64);
+        let keys = [key.verifying_key()];
+        let mut verifier = ChainVerifier::new(&keys, None);
+        store
+            .for_each_since(0, |record| -> Result<(), StoreError> {
+                let envelope = record.parse().unwrap();
+                assert_eq!(dsse::digest(&envelope), record.digest);
+                verifier.push(&envelope, &record.digest).unwrap();
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(verifier.finish().unwrap().n_records, 1 + big.len() as u64);
     }
 
     #[test]

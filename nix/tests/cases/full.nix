@@ -1,7 +1,7 @@
 # A clinic site host with everything the module reads or writes in use: nftables firewall with
 # per-interface ports, journald retention, locked audit rules, restic and borg jobs, LUKS, random
 # swap encryption, tmpfs /tmp, flake autoUpgrade, ClamAV, chrony; the agent with every secret,
-# both outbox sinks, a changed threshold, a waiver, and a free-form setting.
+# the control plane with two order keys and a maintenance window, both outbox sinks, a changed threshold, a waiver, and a free-form setting.
 { lib, ... }:
 {
   networking.nftables.enable = true;
@@ -58,6 +58,22 @@
       host_id = "frontdesk";
       poll_interval_secs = 900;
       commands.timeout_secs = 60;
+      control_plane = {
+        url = "https://mcp.example-msp.net:8443";
+        server_ca_file = "/etc/msp-compliance/mcp/ca.pem";
+        client_certificate_file = "/etc/msp-compliance/mcp/client.pem";
+        request_timeout_secs = 20;
+      };
+      orders = {
+        order_public_key_files = [
+          "/etc/msp-compliance/mcp/order-signing.key.pub"
+          "/etc/msp-compliance/mcp/order-signing-next.key.pub"
+        ];
+        maintenance_window = "22:00-04:00";
+        timezone = "America/New_York";
+        max_actions_per_hour = 4;
+        cooldown_secs.run-checks = 120;
+      };
       outbox = {
         directory.path = "/srv/evidence-outbox";
         s3 = {
@@ -71,6 +87,7 @@
     phiTokenKeyFile = "/var/lib/msp-compliance-secrets/phi-token-key";
     s3AccessKeyIdFile = "/run/secrets/s3-access-key-id";
     s3SecretAccessKeyFile = "/run/secrets/s3-secret-access-key";
+    mtlsClientKeyFile = "/var/lib/msp-compliance-secrets/client.key";
     baseline = {
       version = "2026.11.0-clinic-042.1";
       checks.firewall.allowed_tcp_ports = [ 22 443 ];
