@@ -1,4 +1,5 @@
-//! msp-compliance-agent: checks a site host against a HIPAA baseline and reports findings.
+//! msp-compliance-agent: checks a site host against a HIPAA baseline, records signed evidence,
+//! and, as a daemon, takes signed orders from its control plane.
 //!
 //! # Layout
 //!
@@ -11,14 +12,15 @@
 //! - [`orders`]: signed orders through verification and every guardrail (sans-I/O except the
 //!   durable order memory), into an admission and its evidence;
 //! - [`phi`]: PHI scrubbing with keyed-hash tokens, applied to everything before it is sealed;
+//! - [`evidence`]: the signed, hash-chained evidence store, keys and chain verification;
+//! - [`durable`]: how the agent's SQLite files are opened (WAL, `synchronous=FULL`, schema);
 //! - [`outbox`]: ships evidence records to the configured sinks (directory, S3 Object Lock,
 //!   the control plane);
 //! - [`mcp_client`]: the HTTPS + mTLS client of the control plane (pull-only);
 //! - [`daemon`]: `run`, the cycle of DESIGN §2 (checks, check-in, orders, results, outbox);
 //! - [`cli`]: the command line, the only place that prints.
 //!
-//! Later issues add `healer`, `heal`, `evidence`, `outbox`, `mcp_client`, `winrm` (and the heal
-//! and Windows runbooks).
+//! Later issues add `healer`, `heal` and `winrm` (and the heal and Windows runbooks).
 
 #![forbid(unsafe_code)]
 
@@ -27,6 +29,7 @@ pub mod checks;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod durable;
 pub mod evidence;
 pub mod facts;
 pub mod mcp_client;

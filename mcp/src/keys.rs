@@ -12,15 +12,13 @@
 
 use std::path::{Path, PathBuf};
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use zeroize::Zeroizing;
 
 use crate::files::{self, FileError, PUBLIC_MODE, SECRET_MODE};
 
 /// First word of a private key file: the format and its version (the agent's).
-pub const KEY_FORMAT: &str = "msp-compliance-ed25519-v1";
+pub const KEY_FORMAT: &str = msp_compliance_protocol::keys::SIGNING_KEY_FORMAT;
 
 /// A key that could not be made, read or parsed.
 #[derive(Debug, thiserror::Error)]
@@ -73,10 +71,7 @@ pub fn generate_signing_key(path: &Path) -> Result<VerifyingKey, KeyError> {
             .into());
         }
     }
-    let secret = Zeroizing::new(format!(
-        "{KEY_FORMAT} {}\n",
-        STANDARD.encode(key.to_bytes())
-    ));
+    let secret = msp_compliance_protocol::keys::encode_signing_key(&key);
     files::write_new(path, secret.as_bytes(), SECRET_MODE)?;
     let public = format!("{}\n", encode_public_key(&key.verifying_key()));
     if let Err(err) = files::write_new(&public_path, public.as_bytes(), PUBLIC_MODE) {
@@ -89,32 +84,10 @@ pub fn generate_signing_key(path: &Path) -> Result<VerifyingKey, KeyError> {
 /// Loads a signing key from a private key file (mode 0600 or stricter).
 pub fn load_signing_key(path: &Path) -> Result<SigningKey, KeyError> {
     let bytes = files::read_secret(path)?;
-    let invalid = |message: &str| KeyError::Format {
+    msp_compliance_protocol::keys::parse_signing_key(&bytes).map_err(|err| KeyError::Format {
         path: path.to_path_buf(),
-        message: message.to_string(),
-    };
-    let text = std::str::from_utf8(&bytes).map_err(|_| invalid("not UTF-8 text"))?;
-    let line = text.strip_suffix('\n').unwrap_or(text);
-    let Some((format, encoded)) = line.split_once(' ') else {
-        return Err(invalid(&format!(
-            "expected one line `{KEY_FORMAT} <base64 seed>`"
-        )));
-    };
-    if format != KEY_FORMAT {
-        return Err(invalid(&format!(
-            "expected the line to start with `{KEY_FORMAT}`"
-        )));
-    }
-    let seed = Zeroizing::new(
-        STANDARD
-            .decode(encoded.trim_end().as_bytes())
-            .map_err(|_| invalid("the seed is not valid base64"))?,
-    );
-    let seed: &[u8; 32] = seed
-        .as_slice()
-        .try_into()
-        .map_err(|_| invalid(&format!("the seed has {} bytes, expected 32", seed.len())))?;
-    Ok(SigningKey::from_bytes(seed))
+        message: err.0,
+    })
 }
 
 /// Loads a public key file (base64 of the 32 raw bytes on one line).
@@ -141,34 +114,24 @@ pub fn load_public_key(path: &Path) -> Result<VerifyingKey, KeyError> {
 /// Parses a public key given as standard base64 of its 32 raw bytes (the `.pub` format and the
 /// check-in's `agent_key`). Small-order (weak) keys are refused: they verify forged signatures.
 pub fn parse_public_key(text: &str, origin: &str) -> Result<VerifyingKey, KeyError> {
-    let invalid = |message: String| KeyError::PublicFormat {
+    msp_compliance_protocol::keys::parse_public_key(text).map_err(|err| KeyError::PublicFormat {
         origin: origin.to_string(),
-        message,
-    };
-    let bytes = STANDARD
-        .decode(text.as_bytes())
-        .map_err(|_| invalid("expected the standard base64 of 32 bytes".into()))?;
-    let bytes: [u8; 32] = bytes
-        .try_into()
-        .map_err(|it: Vec<u8>| invalid(format!("expected 32 bytes, found {}", it.len())))?;
-    let key = VerifyingKey::from_bytes(&bytes).map_err(|_| invalid("not a curve point".into()))?;
-    if key.is_weak() {
-        return Err(invalid(
-            "a small-order (weak) key cannot sign anything".into(),
-        ));
-    }
-    Ok(key)
+        message: err.0,
+    })
 }
 
 /// The public key as written to `.pub` files and stored as a pin: standard base64 of the 32 raw
 /// bytes.
 pub fn encode_public_key(key: &VerifyingKey) -> String {
-    STANDARD.encode(key.as_bytes())
+    msp_compliance_protocol::keys::encode_public_key(key)
 }
 
 #[cfg(test)]
 mod tests {
     use std::os::unix::fs::PermissionsExt;
+
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD;
 
     use super::*;
 

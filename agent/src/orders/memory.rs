@@ -105,50 +105,18 @@ pub struct MemoryTransaction<'m> {
 impl OrderMemory {
     /// Opens (or creates, mode 0600) the memory and brings its schema up to date.
     pub fn open(path: &Path) -> Result<OrderMemory, MemoryError> {
-        let existed = path.exists();
-        let conn = Connection::open(path).map_err(|source| sqlite(path, source))?;
-        if !existed {
-            use std::os::unix::fs::PermissionsExt;
-            // Not secret, but only the agent decides what it has seen.
-            let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
-        }
-        let memory = OrderMemory {
+        // FULL: a commit is on disk before `admit` returns an order to execute.
+        let conn = crate::durable::open(path, SCHEMA, SCHEMA_VERSION).map_err(|err| match err {
+            crate::durable::OpenError::SchemaTooNew { found, .. } => MemoryError::SchemaTooNew {
+                path: path.to_path_buf(),
+                found,
+            },
+            crate::durable::OpenError::Sqlite(source) => sqlite(path, source),
+        })?;
+        Ok(OrderMemory {
             conn,
             path: path.to_path_buf(),
-        };
-        memory.configure()?;
-        Ok(memory)
-    }
-
-    fn configure(&self) -> Result<(), MemoryError> {
-        let err = |source| sqlite(&self.path, source);
-        // FULL: a commit is on disk before `admit` returns an order to execute.
-        self.conn
-            .pragma_update(None, "journal_mode", "WAL")
-            .map_err(err)?;
-        self.conn
-            .pragma_update(None, "synchronous", "FULL")
-            .map_err(err)?;
-        self.conn
-            .busy_timeout(std::time::Duration::from_secs(10))
-            .map_err(err)?;
-        let version: i64 = self
-            .conn
-            .pragma_query_value(None, "user_version", |row| row.get(0))
-            .map_err(err)?;
-        if version > SCHEMA_VERSION {
-            return Err(MemoryError::SchemaTooNew {
-                path: self.path.clone(),
-                found: version,
-            });
-        }
-        if version < SCHEMA_VERSION {
-            self.conn.execute_batch(SCHEMA).map_err(err)?;
-            self.conn
-                .pragma_update(None, "user_version", SCHEMA_VERSION)
-                .map_err(err)?;
-        }
-        Ok(())
+        })
     }
 
     /// The database file.
