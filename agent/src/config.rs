@@ -447,8 +447,20 @@ pub struct Config {
 impl Config {
     /// Reads, parses and validates a configuration file.
     pub fn load(path: &Path) -> Result<Config, LoadError> {
+        Config::load_with_bytes(path).map(|(config, _)| config)
+    }
+
+    /// [`Config::load`], also returning the bytes it was read from (the daemon hands them to
+    /// its next image, so a re-exec keeps the running configuration even if the file changed).
+    pub fn load_with_bytes(path: &Path) -> Result<(Config, Vec<u8>), LoadError> {
         let bytes = read_document(path)?;
-        let file: ConfigFile = parse_document(path, &bytes)?;
+        let config = Config::from_bytes(path, &bytes)?;
+        Ok((config, bytes))
+    }
+
+    /// Parses and validates configuration bytes; errors name `path`.
+    pub fn from_bytes(path: &Path, bytes: &[u8]) -> Result<Config, LoadError> {
+        let file: ConfigFile = parse_document(path, bytes)?;
         Config::from_file(path, file)
     }
 

@@ -59,8 +59,41 @@ use crate::phi::Scrubber;
 pub struct Options {
     /// The configuration file, re-read on reload.
     pub config_path: PathBuf,
+    /// The bytes the running configuration was read from (handed to the next image).
+    pub config_bytes: Vec<u8>,
     /// Read facts under this prefix instead of `/` (fixture trees, mounted images).
     pub root: Option<PathBuf>,
+    /// Set when this image continues a daemon that re-executed itself.
+    pub resume: Option<Resume>,
+    /// Return [`Exit::Reexec`] after each cycle instead of sleeping in this image.
+    pub reexec: bool,
+}
+
+/// Where a re-executed daemon picks up.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Resume {
+    /// When the next cycle is due.
+    pub next_cycle_at: jiff::Timestamp,
+    /// When the last checkpoint was sent, if one was since the daemon started.
+    pub last_checkpoint_at: Option<jiff::Timestamp>,
+}
+
+/// How [`run`] ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Exit {
+    /// A cycle ended: the caller re-executes the binary to wait for the next one with a fresh
+    /// image. A cycle touches most of the binary's code and leaves allocator arenas behind;
+    /// waiting in a new image keeps the resident set between cycles small.
+    Reexec {
+        /// What the next image continues with.
+        resume: Resume,
+        /// The running configuration's bytes.
+        config_bytes: Vec<u8>,
+        /// The state directory (where the configuration snapshot goes).
+        state_dir: PathBuf,
+    },
+    /// Shutdown was requested.
+    Stopped,
 }
 
 /// Everything that makes the main loop do something. Closed on purpose: a new trigger of
@@ -217,12 +250,34 @@ pub async fn run(
     options: Options,
     mut reload: mpsc::Receiver<()>,
     shutdown: impl Future<Output = ()>,
-) -> Result<(), DaemonError> {
-    let mut context = Context::build(config, &options)?;
-    log_started(&context, &options);
+) -> Result<Exit, DaemonError> {
+    let mut config_bytes = options.config_bytes.clone();
     let mut state = State::default();
-    tokio::pin!(shutdown);
     let mut next_cycle = Instant::now();
+    // A resumed image waits with only the configuration loaded: the context (store, keys,
+    // scrubber, TLS client) is built when the cycle is due, so the waiting image stays small.
+    // A first start builds it at once, so a bad key or store stops the start (exit 2).
+    let mut loaded = match &options.resume {
+        Some(resume) => {
+            state.last_checkpoint_at = resume.last_checkpoint_at;
+            let now = jiff::Timestamp::now();
+            if resume.next_cycle_at > now {
+                let wait = now
+                    .duration_until(resume.next_cycle_at)
+                    .unsigned_abs()
+                    .min(config.poll_interval * 2);
+                next_cycle += wait;
+            }
+            tracing::debug!("resumed in a fresh image");
+            Loaded::Waiting(Box::new(config))
+        }
+        None => {
+            let context = Context::build(config, &options)?;
+            log_started(&context, &options);
+            Loaded::Ready(Box::new(context))
+        }
+    };
+    tokio::pin!(shutdown);
     loop {
         // `biased`: a pending shutdown wins over a due cycle, and a reload is applied before
         // the cycle it should affect.
@@ -234,8 +289,19 @@ pub async fn run(
         };
         match event {
             Event::Shutdown => break,
-            Event::Reload => reload_context(&mut context, &options),
+            Event::Reload => {
+                if let Some((new, bytes)) = reload_context(&options) {
+                    loaded = Loaded::Ready(Box::new(new));
+                    config_bytes = bytes;
+                }
+            }
             Event::Tick => {
+                if let Loaded::Waiting(config) = &loaded {
+                    loaded = Loaded::Ready(Box::new(Context::build((**config).clone(), &options)?));
+                }
+                let Loaded::Ready(context) = &mut loaded else {
+                    continue;
+                };
                 let started = Instant::now();
                 // The cycle races the shutdown signal; see the module docs for why dropping it
                 // at an await point leaves no half-written state.
@@ -245,38 +311,62 @@ pub async fn run(
                         tracing::info!("shutdown during a cycle; stopped between steps");
                         break;
                     }
-                    () = cycle::run_cycle(&mut context, &mut state) => {}
+                    () = cycle::run_cycle(context, &mut state) => {}
                 }
                 let delay = jittered(context.config.poll_interval);
                 next_cycle = started + delay;
                 tracing::info!(next_in_s = delay.as_secs(), "cycle done");
+                if options.reexec {
+                    let left = next_cycle.saturating_duration_since(Instant::now());
+                    let now = jiff::Timestamp::now();
+                    return Ok(Exit::Reexec {
+                        resume: Resume {
+                            next_cycle_at: now.checked_add(left).unwrap_or(now),
+                            last_checkpoint_at: state.last_checkpoint_at,
+                        },
+                        config_bytes,
+                        state_dir: context.config.state_dir.clone(),
+                    });
+                }
             }
         }
     }
     tracing::info!("stopped");
-    Ok(())
+    Ok(Exit::Stopped)
+}
+
+/// What an image holds: the whole context, or, in a resumed image until its first cycle, only
+/// the running configuration.
+enum Loaded {
+    /// Waiting for the first cycle of this image.
+    Waiting(Box<Config>),
+    /// Built: store, keys, scrubber, sinks, client.
+    Ready(Box<Context>),
 }
 
 /// Re-reads the configuration file and builds a new context; a configuration or baseline that
-/// does not load is logged and the running one kept.
-fn reload_context(context: &mut Context, options: &Options) {
-    let res = Config::load(&options.config_path)
+/// does not load is logged and the running one kept (`None`).
+fn reload_context(options: &Options) -> Option<(Context, Vec<u8>)> {
+    let res = Config::load_with_bytes(&options.config_path)
         .map_err(DaemonError::Config)
-        .and_then(|config| Context::build(config, options));
+        .and_then(|(config, bytes)| Context::build(config, options).map(|it| (it, bytes)));
     match res {
-        Ok(new) => {
-            *context = new;
+        Ok((new, bytes)) => {
             tracing::info!(
                 config = %options.config_path.display(),
-                baseline = context.baseline.digest(),
+                baseline = new.baseline.digest(),
                 "reloaded the configuration and the baseline; they apply from the next cycle"
             );
+            Some((new, bytes))
         }
-        Err(err) => tracing::error!(
-            config = %options.config_path.display(),
-            error = %err,
-            "reload refused; keeping the running configuration"
-        ),
+        Err(err) => {
+            tracing::error!(
+                config = %options.config_path.display(),
+                error = %err,
+                "reload refused; keeping the running configuration"
+            );
+            None
+        }
     }
 }
 
