@@ -296,9 +296,12 @@ pub async fn run(
                 }
             }
             Event::Tick => {
-                if let Loaded::Waiting(config) = &loaded {
-                    loaded = Loaded::Ready(Box::new(Context::build((**config).clone(), &options)?));
-                }
+                loaded = match loaded {
+                    Loaded::Waiting(config) => {
+                        Loaded::Ready(Box::new(Context::build(*config, &options)?))
+                    }
+                    ready => ready,
+                };
                 let Loaded::Ready(context) = &mut loaded else {
                     continue;
                 };
