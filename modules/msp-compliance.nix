@@ -12,8 +12,12 @@
 # - the agent's unit: an unprivileged system user under strict hardening, secrets only through
 #   systemd `LoadCredential`, running the daemon (`msp-compliance-agent run`: checks, check-in,
 #   signed orders, outbox) with SIGHUP for a new generation's configuration;
-# - least privilege for the root-only reads: fixed root oneshot units `msp-compliance-probe@<name>`
-#   and a polkit rule that lets the agent user start exactly those and nothing else.
+# - least privilege for the root-only reads: fixed root oneshot units `msp-compliance-probe@<name>`;
+# - least privilege for healing: the root oneshot template `msp-compliance-heal@<instance>`, which
+#   runs `msp-compliance-agent heal-unit <instance>` and acts only on what declared.json's `heal`
+#   section names;
+# - a polkit rule that lets the agent user start exactly those probe and heal units and nothing
+#   else.
 #
 # The module never touches nixpkgs at the top level: `pkgs` is used only inside `config`, lazily,
 # so `lib.evalModules` evaluates it against a small stand-in lib in CI (nix/tests/).
@@ -34,6 +38,7 @@ let
   declaredPath = "${etcDir}/declared.json";
   stateDir = "/var/lib/msp-compliance";
   probeDir = "/run/msp-compliance/probe";
+  healDir = "/run/msp-compliance/heal";
   user = "msp-compliance";
   group = "msp-compliance";
 
@@ -240,6 +245,42 @@ let
     })
     (config.services.borgbackup.jobs or { });
 
+  # What the heal units may act on (the `heal` section; the root helper reads nothing else).
+  # A name is healable when it fits the heal instance grammar (`[A-Za-z0-9_][A-Za-z0-9_.-]*`) and
+  # the longest heal unit made from it, `msp-compliance-heal@rollback-restart-<stem>.service`,
+  # stays within systemd's 255 characters for a unit name (hence 210 characters for a name).
+  healableName = name: builtins.match "[A-Za-z0-9_][A-Za-z0-9_.-]*" name != null && builtins.stringLength name <= 210;
+  unitStem = unit: builtins.substring 0 (builtins.stringLength unit - builtins.stringLength ".service") unit;
+  restartableProblems = unit:
+    lib.optional (builtins.match "[A-Za-z0-9_][A-Za-z0-9_.-]*[.]service" unit == null)
+      "is not a plain unit name `<name>.service` (letters, digits, `_`, `.`, `-`; no template `@`, no `/`)"
+    ++ lib.optional (lib.hasPrefix "msp-compliance" unit)
+      "names one of the agent's own units (`msp-compliance*`), which a heal must not restart"
+    ++ lib.optional (builtins.stringLength unit > 218)
+      "is longer than 218 characters, so `msp-compliance-heal@rollback-restart-<name>.service` would exceed systemd's 255";
+  # Sorted and without duplicates: the entries come from several modules (this one's defaults,
+  # the user's own), and the file must not depend on their order.
+  restartableUnits = lib.unique (builtins.sort builtins.lessThan cfg.heal.restartableUnits);
+  # The units that run each backup job now, under the names NixOS gives them. A name that is
+  # both a restic and a borg job, or that does not fit the grammar, cannot name one heal and is
+  # left out (with a warning).
+  backupJobUnits =
+    map (name: { inherit name; unit = "restic-backups-${name}.service"; }) (builtins.attrNames (config.services.restic.backups or { }))
+    ++ map (name: { inherit name; unit = "borgbackup-job-${name}.service"; }) (builtins.attrNames (config.services.borgbackup.jobs or { }));
+  backupJobCount = name: builtins.length (lib.filter (it: it.name == name) backupJobUnits);
+  unhealableBackupJobs = lib.unique (map (it: it.name)
+    (lib.filter (it: !healableName it.name || backupJobCount it.name > 1) backupJobUnits));
+  heal = {
+    inherit restartableUnits;
+    firewallUnit =
+      if !fw.enable then null
+      else if firewallBackend == "nftables" then "nftables.service"
+      else "firewall.service";
+    avUpdateUnit = if config.services.clamav.updater.enable then "clamav-freshclam.service" else null;
+    backupUnits = builtins.listToAttrs (map (it: lib.nameValuePair it.name it.unit)
+      (lib.filter (it: !builtins.elem it.name unhealableBackupJobs) backupJobUnits));
+  };
+
   declared = {
     version = 1;
     firewall = {
@@ -295,6 +336,7 @@ let
       timesyncd = config.services.timesyncd.enable;
       chrony = config.services.chrony.enable or false;
     };
+    inherit heal;
   };
 
   # --- privileged probes -----------------------------------------------------------------------
@@ -347,14 +389,30 @@ let
   '';
 
   probeUnitName = name: "msp-compliance-probe@${name}.service";
+  healUnitName = instance: "msp-compliance-heal@${instance}.service";
 
-  # Every unit the agent user may start (verb `start` only). Heal units (`msp-compliance-heal@`)
-  # join this list with the healing issue; the polkit rule below needs no other change.
-  startableUnits = map probeUnitName (builtins.attrNames probes);
+  # The heal instances this generation allows, exactly those the heal helper accepts against
+  # declared.json (the heal contract): a unit restart and its rollback per restartable unit, the
+  # firewall and AV heals when there is a unit for them, one backup run per job, and the
+  # generation heals, which every NixOS host has.
+  healInstances =
+    lib.concatMap (unit: [ "restart-${unitStem unit}" "rollback-restart-${unitStem unit}" ]) heal.restartableUnits
+    ++ lib.optionals (heal.firewallUnit != null) [ "restore-firewall" "rollback-firewall" ]
+    ++ lib.optional (heal.avUpdateUnit != null) "refresh-av"
+    ++ map (job: "backup-${job}") (builtins.attrNames heal.backupUnits)
+    ++ [ "reactivate-generation" "rollback-generation" ];
 
-  # The agent user may `start` exactly the units in `startableUnits`; every other systemd action
-  # (stop, restart, other units, daemon-reload, unit files) is refused for it outright, so no
-  # later rule can grant more. Other users are not handled here.
+  # Every unit the agent user may start (verb `start` only), by name ...
+  startableUnits = map probeUnitName (builtins.attrNames probes) ++ map healUnitName healInstances;
+  # ... and by pattern, for the one heal whose argument is a number: a generation that exists
+  # when the heal runs (the helper checks the profile link), 1 to 999999999 without a leading
+  # zero. JavaScript regular expressions: `$` is the end of the name, not a line's.
+  startablePatterns = [ "^msp-compliance-heal@switch-generation-[1-9][0-9]{0,8}\\.service$" ];
+
+  # The agent user may `start` exactly the units in `startableUnits` or matching
+  # `startablePatterns`; every other systemd action (stop, restart, other units, daemon-reload,
+  # unit files) is refused for it outright, so no later rule can grant more. Other users are not
+  # handled here.
   polkitRule = ''
     // msp-compliance: least privilege for the agent user (modules/msp-compliance.nix).
     polkit.addRule(function (action, subject) {
@@ -362,9 +420,13 @@ let
         return null;
       }
       var startable = ${builtins.toJSON startableUnits};
+      var startablePatterns = ${builtins.toJSON startablePatterns};
+      var unit = action.lookup("unit");
       if (action.id == "org.freedesktop.systemd1.manage-units"
           && action.lookup("verb") == "start"
-          && startable.indexOf(action.lookup("unit")) >= 0) {
+          && typeof unit == "string"
+          && (startable.indexOf(unit) >= 0
+              || startablePatterns.some(function (pattern) { return new RegExp(pattern).test(unit); }))) {
         return polkit.Result.YES;
       }
       return polkit.Result.NO;
@@ -586,6 +648,21 @@ in
         '';
       };
     };
+
+    heal.restartableUnits = mkOption {
+      type = types.listOf types.str;
+      default = [ ];
+      description = ''
+        Units the agent may restart to heal this host (`msp-compliance-heal@restart-<name>`, as
+        root, started through polkit), rendered into the `heal` section of
+        `${declaredPath}`: plain `<name>.service` units, no templates, none of the agent's own.
+        The module adds the daemons the checks look at when this generation runs them
+        (`auditd.service`, `clamav-daemon.service`, `chronyd.service`,
+        `systemd-timesyncd.service`); entries set here are added to those, and `lib.mkForce`
+        replaces the whole list.
+      '';
+      example = [ "pacs-bridge.service" "hl7-listener.service" ];
+    };
   };
 
   config = mkIf cfg.enable (lib.mkMerge [{
@@ -642,6 +719,14 @@ in
         message = "${opt}.settings.outbox.s3.endpoint and .bucket must be set: the S3 sink is configured (${opt}.s3AccessKeyIdFile/s3SecretAccessKeyFile or settings.outbox.s3).";
       }
     ]
+    ++ lib.concatMap
+      (unit: map
+        (problem: {
+          assertion = false;
+          message = "${opt}.heal.restartableUnits: ${builtins.toJSON unit} ${problem}.";
+        })
+        (restartableProblems unit))
+      cfg.heal.restartableUnits
     ++ map
       (name: {
         assertion = !storeFile cfg.${name};
@@ -698,7 +783,12 @@ in
       ++ lib.optional (s3Sink != null && lib.hasPrefix "http://" (s3Sink.endpoint or ""))
         "${opt}.settings.outbox.s3.endpoint uses plain http://: evidence and S3 signatures travel unencrypted."
       ++ lib.optional (maxRetentionText != null && maxRetentionSec == null)
-        "${opt}: services.journald.extraConfig has MaxRetentionSec=${maxRetentionText}, which this module cannot read as a time span; declared.json reports no retention limit.";
+        "${opt}: services.journald.extraConfig has MaxRetentionSec=${maxRetentionText}, which this module cannot read as a time span; declared.json reports no retention limit."
+      ++ map
+        (name: "${opt}: backup job ${builtins.toJSON name} cannot be run by a heal: "
+        + (if healableName name then "a restic job and a borg job share the name"
+        else "the name is not 1 to 210 of letters, digits, `_`, `.`, `-` (not starting with `.` or `-`)") + ".")
+        unhealableBackupJobs;
 
     services.msp-compliance.settings = {
       # The module relies on these (the unit's paths), so they are set without mkDefault.
@@ -717,6 +807,14 @@ in
         secret_access_key_file = credentialPath "s3-secret-access-key";
       };
     };
+
+    # The daemons the checks look at, when this generation runs them: a definition rather than
+    # the option's default, so the user's own entries add to it instead of replacing it.
+    services.msp-compliance.heal.restartableUnits =
+      lib.optional config.security.auditd.enable "auditd.service"
+      ++ lib.optional config.services.clamav.daemon.enable "clamav-daemon.service"
+      ++ lib.optional chrony "chronyd.service"
+      ++ lib.optional config.services.timesyncd.enable "systemd-timesyncd.service";
 
     environment.etc."msp-compliance/config.json".text = builtins.toJSON cfg.settings;
     environment.etc."msp-compliance/baseline.json".text = builtins.toJSON baselineFile;
@@ -745,11 +843,12 @@ in
     };
     users.groups.${group} = { };
 
-    # Probe results: written by root, readable by the agent's group only. The setgid bit gives
-    # new files the directory's group.
+    # Probe and heal results: written by root, readable by the agent's group only. The setgid
+    # bit gives new files the directory's group.
     systemd.tmpfiles.rules = [
       "d /run/msp-compliance 0750 root ${group} - -"
       "d ${probeDir} 2750 root ${group} - -"
+      "d ${healDir} 2750 root ${group} - -"
     ]
     # The directory sink must exist (ReadWritePaths) and be the agent's.
     ++ lib.optional (directorySink != null) "d ${directorySink.path} 0750 ${user} ${group} - -";
@@ -866,6 +965,73 @@ in
         SystemCallFilter = [ "@system-service" ];
         SystemCallErrorNumber = "EPERM";
         CapabilityBoundingSet = [ "" ];
+      };
+    };
+
+    # The heal template: one fixed command for every instance. `heal-unit` accepts only the
+    # instance grammar of the heal contract checked against declared.json (anything else exits 2
+    # and does nothing), and polkit lets the agent start only the instances this generation
+    # declares. It restarts units over D-Bus, loads nft rulesets and switches generations, and
+    # switch-to-configuration runs the target generation's activation script and boot loader
+    # installer inside this unit, so the hardening is what those still work under. It is root
+    # and may talk to systemd, so the hardening limits mistakes of the helper's own file
+    # handling rather than what a subverted helper could ask systemd for; the limit on that is
+    # the instance grammar and declared.json.
+    systemd.services."msp-compliance-heal@" = {
+      description = "msp-compliance heal %i";
+      after = [ "systemd-tmpfiles-setup.service" ];
+      # A heal that switches generations must outlive the switch: switch-to-configuration
+      # would otherwise restart this running unit when its definition changed, or stop it when
+      # the target generation has none, killing the heal half-way.
+      restartIfChanged = false;
+      unitConfig.X-StopOnRemoval = false;
+      serviceConfig = {
+        Type = "oneshot";
+        ExecStart = "${agent} heal-unit %i";
+        # A generation switch restarts many units; a hung heal must still end.
+        TimeoutStartSec = "5min";
+        # Results are for the agent group (the directory is setgid), snapshots for root only.
+        UMask = "0027";
+        StateDirectory = "msp-compliance-heal";
+        StateDirectoryMode = "0700";
+        SyslogIdentifier = "msp-compliance-heal";
+
+        # Root with the capabilities a switch needs. Not ProtectSystem: a switch writes
+        # /nix/var/nix/profiles, /etc (the activation script) and /boot (the boot loader).
+        NoNewPrivileges = true;
+        # PrivateTmp and the Protect* settings below give the unit its own mount namespace:
+        # mounts the activation script makes (an overlay /etc, `system.etc.overlay.enable`)
+        # stay inside it, so on such hosts switch-to-configuration must run outside this unit.
+        PrivateTmp = true;
+        # Read-only rather than hidden: nothing here writes a home, and the activation script
+        # must still see them. A switch to a generation that adds a user with `createHome`
+        # cannot create that home from here.
+        ProtectHome = "read-only";
+        ProtectControlGroups = true;
+        ProtectKernelLogs = true;
+        ProtectKernelModules = true;
+        # Not PrivateDevices, not ProtectClock (which implies a device allow-list): the boot
+        # loader installer opens the disk and the ESP's block device. Not ProtectKernelTunables:
+        # it writes EFI variables under /sys/firmware/efi/efivars. Not ProtectHostname: the
+        # activation script sets the host name, which a private UTS namespace would swallow.
+        RestrictNamespaces = true;
+        RestrictRealtime = true;
+        RestrictSUIDSGID = true;
+        LockPersonality = true;
+        SystemCallArchitectures = "native";
+        # Not MemoryDenyWriteExecute: the target generation's activation snippets (any module's)
+        # run here and may start an interpreter with a JIT.
+        # AF_UNIX: systemd and the system bus; AF_NETLINK: nft. No IP traffic is needed.
+        RestrictAddressFamilies = [ "AF_UNIX" "AF_NETLINK" ];
+        IPAddressDeny = "any";
+        # A deny list, not @system-service: the activation script remounts special file
+        # systems (@mount) and sets the host name. What no heal needs is refused.
+        SystemCallFilter = [ "~@clock @cpu-emulation @debug @module @obsolete @raw-io @reboot @swap" ];
+        SystemCallErrorNumber = "EPERM";
+        # A deny list as well: root keeps what a switch needs (ownership, modes, mounts, nft's
+        # CAP_NET_ADMIN) and loses what neither a heal nor an activation script uses. One line,
+        # since systemd merges separate lines into one set by OR.
+        CapabilityBoundingSet = "~CAP_SYS_MODULE CAP_SYS_BOOT CAP_SYS_TIME CAP_WAKE_ALARM CAP_SYS_PTRACE CAP_SYS_PACCT CAP_SYS_TTY_CONFIG CAP_BLOCK_SUSPEND CAP_MAC_ADMIN CAP_MAC_OVERRIDE CAP_SYSLOG CAP_BPF CAP_PERFMON CAP_NET_BIND_SERVICE CAP_NET_BROADCAST CAP_NET_RAW CAP_IPC_LOCK CAP_LEASE";
       };
     };
     security.polkit.enable = true;

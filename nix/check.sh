@@ -216,7 +216,7 @@ print(f"{len(types)} baseline options checked against the baseline schema")
 sys.exit(1 if bad else 0)
 PY
 
-section "systemd-analyze security (threshold 2.5)"
+section "systemd-analyze security (threshold 2.5; the heal unit is scored, without a threshold)"
 for case in "${cases[@]}"; do
   units="$work/stub/$case/units"
   [ -f "$units/msp-compliance.service" ] || [ -f "$units/msp-mcp.service" ] || continue
@@ -238,6 +238,19 @@ for case in "${cases[@]}"; do
       grep -E 'Overall|✗' <<<"$out" >&2
     fi
   done
+  # The heal template as one of its instances. It is root and switches generations, so it has
+  # no budget; its figure is printed to notice a change.
+  if [ -f "$units/msp-compliance-heal@.service" ]; then
+    heal_unit="$work/score/$case-heal/msp-compliance-heal@reactivate-generation.service"
+    mkdir -p "$(dirname "$heal_unit")"
+    cp "$units/msp-compliance-heal@.service" "$heal_unit"
+    if out=$(systemd-analyze security --offline=true --threshold=100 "$heal_unit" 2>&1); then
+      printf '  %-10s %s\n' "$case" "$(grep -o 'Overall exposure level for .*' <<<"$out")"
+    else
+      fail "case $case: systemd-analyze security of the heal unit"
+      printf '%s\n' "$out" >&2
+    fi
+  fi
 done
 
 section "probe units match the agent's probes"
@@ -278,19 +291,45 @@ bash "$work/runner.sh" auditctl-status sh -c 'printf "enabled 2\n"' || fail "pro
 ls "$probe_dir"
 
 section "polkit rule (duktape)"
-startable=$(python3 - agent/src/facts/probe.rs <<'PY'
+# The units the rule must allow, worked out independently of the module: the agent's probes, and
+# the heal instances the heal contract derives from the case's declared.json. The rule's own list
+# must be exactly that; duktape then runs the rule.
+for case in minimal full; do
+  startable=$(python3 - agent/src/facts/probe.rs "$work/stub/$case/etc/msp-compliance/declared.json" "$work/stub/$case/polkit/10-nixos.rules" <<'PY'
 import json, pathlib, re, sys
 names = re.findall(r'Invocation::new\("([a-z0-9-]+)", "[a-z0-9-]+", &\[', pathlib.Path(sys.argv[1]).read_text())
-print(json.dumps([f"msp-compliance-probe@{name}.service" for name in sorted(names)]))
+units = [f"msp-compliance-probe@{name}.service" for name in sorted(names)]
+heal = json.loads(pathlib.Path(sys.argv[2]).read_text()).get("heal") or {}
+instances = []
+for unit in heal.get("restartableUnits", []):
+    stem = unit.removesuffix(".service")
+    instances += [f"restart-{stem}", f"rollback-restart-{stem}"]
+if heal.get("firewallUnit") is not None:
+    instances += ["restore-firewall", "rollback-firewall"]
+if heal.get("avUpdateUnit") is not None:
+    instances.append("refresh-av")
+instances += [f"backup-{job}" for job in heal.get("backupUnits", {})]
+instances += ["reactivate-generation", "rollback-generation"]
+units += [f"msp-compliance-heal@{instance}.service" for instance in instances]
+listed = re.search(r"var startable = (\[.*\]);", pathlib.Path(sys.argv[3]).read_text())
+listed = json.loads(listed.group(1)) if listed else []
+if sorted(listed) != sorted(units) or len(set(listed)) != len(listed):
+    sys.exit(f"the rule lists {sorted(listed)}\nthe contract gives {sorted(units)}")
+print(json.dumps(units))
 PY
-)
-{
-  cat nix/tests/polkit-shim.js
-  cat "$work/stub/minimal/polkit/10-nixos.rules"
-  printf 'var startableUnits = %s;\n' "$startable"
-  cat nix/tests/polkit-test.js
-} >"$work/polkit.js"
-duk "$work/polkit.js" || fail "polkit rule"
+  ) || {
+    fail "polkit rule, case $case: the startable units are not the heal contract's"
+    continue
+  }
+  {
+    cat nix/tests/polkit-shim.js
+    cat "$work/stub/$case/polkit/10-nixos.rules"
+    printf 'var caseName = %s;\nvar startableUnits = %s;\n' "\"$case\"" "$startable"
+    cat nix/tests/polkit-test.js
+  } >"$work/polkit-$case.js"
+  printf '  %-10s ' "$case"
+  duk "$work/polkit-$case.js" || fail "polkit rule, case $case"
+done
 
 section "flake outputs without nixpkgs"
 # A copy of the repository as git would see it (tracked and new files, not target/), so the

@@ -25,6 +25,7 @@ use crate::facts::probe::{PROBE_RESULT_DIR, ProbeSource};
 use crate::facts::{Host, HostPaths};
 
 mod evidence;
+mod heal;
 mod queue;
 mod run;
 
@@ -66,6 +67,20 @@ enum Command {
     /// Run the agent daemon: checks every poll interval, check-in with the control plane,
     /// orders, evidence shipping. Stops cleanly on SIGTERM/SIGINT (exit 0), reloads on SIGHUP.
     Run(run::RunArgs),
+    /// Apply a signed order from a file, through every guardrail, as the daemon would
+    /// (air-gapped sites, tests); finishes interrupted heals first. Prints the signed result.
+    ///
+    /// Exit status: 0 executed or dry run, 1 refused, deferred or failed, 2 error.
+    #[command(subcommand)]
+    Order(heal::OrderCommand),
+    /// Interrupted heals: list them, or finish them (verify, roll back, escalate) now.
+    #[command(subcommand)]
+    Heal(heal::HealCommand),
+    /// The root side of a heal unit; run only by `msp-compliance-heal@<instance>.service`.
+    ///
+    /// Exit status: 0 done, 1 the action failed (see the report), 2 refused.
+    #[command(name = "heal-unit")]
+    HealUnit(heal::HealUnitArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -203,6 +218,9 @@ pub fn run(args: Args, out: &mut dyn Write) -> Result<u8> {
         Command::Keygen(keygen_args) => evidence::run_keygen(keygen_args, out),
         Command::Evidence(command) => evidence::run_evidence(command, out),
         Command::Run(run_args) => run::run_daemon(run_args),
+        Command::Order(command) => heal::run_order_command(command, out),
+        Command::Heal(command) => heal::run_heal_command(command, out),
+        Command::HealUnit(args) => heal::run_heal_unit(args, out),
     }
 }
 

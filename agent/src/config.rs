@@ -68,6 +68,40 @@ pub struct ConfigFile {
     /// Signed orders from the control plane, and the guardrails they must pass.
     #[serde(default)]
     pub orders: OrdersFile,
+    /// Healing: how long a heal may take and how long the engine waits before verifying.
+    #[serde(default)]
+    pub heal: HealFile,
+}
+
+/// The `heal` section: timing of heals (what may be healed is the generation's declared.json).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HealFile {
+    /// Seconds to wait after a heal (and after a rollback) before the health probe, so a
+    /// service that dies just after starting is caught (1 to 300).
+    #[serde(default = "default_heal_settle")]
+    pub settle_secs: u64,
+    /// Longest a heal unit may run before the agent stops waiting for it (10 to 3600); the
+    /// unit's own `TimeoutStartSec` stops the unit itself.
+    #[serde(default = "default_heal_unit_timeout")]
+    pub unit_timeout_secs: u64,
+}
+
+impl Default for HealFile {
+    fn default() -> HealFile {
+        HealFile {
+            settle_secs: default_heal_settle(),
+            unit_timeout_secs: default_heal_unit_timeout(),
+        }
+    }
+}
+
+fn default_heal_settle() -> u64 {
+    5
+}
+
+fn default_heal_unit_timeout() -> u64 {
+    300
 }
 
 /// The control plane: where it is, which CA signs its certificate, and this host's client
@@ -442,6 +476,8 @@ pub struct Config {
     pub control_plane: Option<ControlPlane>,
     /// Order guardrail settings (validated).
     pub orders: OrdersConfig,
+    /// The validated `heal` section.
+    pub heal: HealFile,
 }
 
 impl Config {
@@ -605,6 +641,21 @@ impl Config {
             None => None,
         };
         let orders = validate_orders(path, &file.orders)?;
+        if !(1..=300).contains(&file.heal.settle_secs) {
+            return Err(invalid(
+                "heal.settle_secs",
+                format!("expected 1 to 300 seconds, found {}", file.heal.settle_secs),
+            ));
+        }
+        if !(10..=3600).contains(&file.heal.unit_timeout_secs) {
+            return Err(invalid(
+                "heal.unit_timeout_secs",
+                format!(
+                    "expected 10 to 3600 seconds, found {}",
+                    file.heal.unit_timeout_secs
+                ),
+            ));
+        }
         let mut backup_jobs = Vec::new();
         for (idx, job) in file.backup_jobs.into_iter().enumerate() {
             let field = |name: &str| format!("backup_jobs[{idx}].{name}");
@@ -646,6 +697,7 @@ impl Config {
             outbox: file.outbox,
             control_plane,
             orders,
+            heal: file.heal,
         })
     }
 
@@ -681,6 +733,7 @@ impl Config {
                 max_actions_per_hour: default_max_actions_per_hour(),
                 cooldowns: BTreeMap::new(),
             },
+            heal: HealFile::default(),
         }
     }
 }

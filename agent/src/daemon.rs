@@ -155,30 +155,30 @@ pub enum DaemonError {
 /// the old context untouched.
 pub struct Context {
     /// The validated configuration.
-    config: Config,
+    pub(crate) config: Config,
     /// The baseline the checks judge against.
-    baseline: Baseline,
+    pub(crate) baseline: Baseline,
     /// Where facts are read (`/` unless `--root`).
-    root: Root,
+    pub(crate) root: Root,
     /// The evidence signing key (also signs order results).
-    key: SigningKey,
+    pub(crate) key: SigningKey,
     /// Scrubs PHI from everything sealed.
-    scrubber: Scrubber,
+    pub(crate) scrubber: Scrubber,
     /// Who signs: site, host, agent version.
-    author: Author,
+    pub(crate) author: Author,
     /// The evidence chain, which is also the outbox queue and holds the pending results.
-    store: Store,
+    pub(crate) store: Store,
     /// The order memory (replays, cooldowns, budget, deferrals).
-    memory: OrderMemory,
+    pub(crate) memory: OrderMemory,
     /// The guardrails orders pass; `None` without pinned order keys (orders are then not
     /// judged, and say so in the log).
-    guardrails: Option<Guardrails>,
+    pub(crate) guardrails: Option<Guardrails>,
     /// Every configured sink, the control plane's last.
-    sinks: Vec<Box<dyn Sink>>,
+    pub(crate) sinks: Vec<Box<dyn Sink>>,
     /// Outbox backoff and backlog limits.
-    policy: Policy,
+    pub(crate) policy: Policy,
     /// The control plane, when configured.
-    client: Option<Client>,
+    pub(crate) client: Option<Client>,
 }
 
 impl Context {

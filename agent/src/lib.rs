@@ -9,6 +9,8 @@
 //! - [`facts`]: how facts are read (root prefix, fixed commands, privileged probes, declared);
 //! - [`checks`]: one file per check, each observing facts and judging them purely;
 //! - [`runbooks`]: the whitelist of actions an order may name, with parameter schemas, as data;
+//! - [`heal`]: heal runbooks turned into verified changes or escalations (root heal units,
+//!   the heal journal, the engine's steps and their evidence);
 //! - [`orders`]: signed orders through verification and every guardrail (sans-I/O except the
 //!   durable order memory), into an admission and its evidence;
 //! - [`phi`]: PHI scrubbing with keyed-hash tokens, applied to everything before it is sealed;
@@ -20,7 +22,7 @@
 //! - [`daemon`]: `run`, the cycle of DESIGN §2 (checks, check-in, orders, results, outbox);
 //! - [`cli`]: the command line, the only place that prints.
 //!
-//! Later issues add `healer`, `heal` and `winrm` (and the heal and Windows runbooks).
+//! Later issues add `healer` (L1/L2 decisions) and `winrm` (and the Windows runbooks).
 
 #![forbid(unsafe_code)]
 
@@ -32,6 +34,7 @@ pub mod daemon;
 pub mod durable;
 pub mod evidence;
 pub mod facts;
+pub mod heal;
 pub mod mcp_client;
 pub mod orders;
 pub mod outbox;

@@ -32,7 +32,37 @@ pub struct Runbook {
     pub params: &'static [ParamSpec],
     /// Least time between two executions, unless `orders.cooldown_secs` overrides it.
     pub cooldown: Duration,
+    /// For a heal: what verifies it and what undoes it. `None` for actions that change nothing
+    /// on the host (they need no verification or rollback).
+    pub heal: Option<HealSpec>,
 }
+
+/// How a heal runbook is verified and undone (the heal engine runs it; `heal::plan` turns the
+/// runbook and its parameters into the root unit's instance).
+#[derive(Debug)]
+pub struct HealSpec {
+    /// What must hold afterwards, after the settle time.
+    pub verify: VerifySpec,
+    /// The health probe, besides `verify`: no unit may have newly failed.
+    pub health_probe: &'static str,
+    /// What the rollback unit does when verification fails (`None`: nothing to undo; the heal
+    /// escalates).
+    pub rollback: Option<&'static str>,
+}
+
+/// What verifies a heal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VerifySpec {
+    /// The unit is active and still the same run after the settle time.
+    UnitActive,
+    /// This check passes (pass, warn, not applicable or a waived exception).
+    Check(&'static str),
+    /// The system profile and the running system are the intended generation.
+    Generation,
+}
+
+/// The health probe every heal runs.
+const NO_NEW_FAILED_UNITS: &str = "no unit is newly in the failed state";
 
 /// One parameter of a runbook.
 #[derive(Debug)]
@@ -135,6 +165,7 @@ pub static RUNBOOKS: &[Runbook] = &[
             description: "check ids to run; all checks when absent",
         }],
         cooldown: Duration::from_secs(60),
+        heal: None,
     },
     Runbook {
         id: runbook::COLLECT_EVIDENCE,
@@ -163,6 +194,118 @@ pub static RUNBOOKS: &[Runbook] = &[
             },
         ],
         cooldown: Duration::from_secs(60),
+        heal: None,
+    },
+    Runbook {
+        id: runbook::RESTART_UNIT,
+        description: "start a stopped or failed unit that the generation declares restartable \
+                      (a running unit is left alone) and verify it stays up",
+        safety: SafetyClass::Safe,
+        // It acts only on a unit that is not running, so it cannot interrupt a service.
+        disruptive: false,
+        controls: &[hipaa::RISK_MANAGEMENT, hipaa::CONTINGENCY_PLAN],
+        params: &[ParamSpec {
+            name: "unit",
+            kind: ParamKind::Text {
+                max_len: 64,
+                token_only: true,
+            },
+            required: true,
+            description: "`<name>.service`, listed in declared.json's heal.restartableUnits",
+        }],
+        cooldown: Duration::from_secs(60),
+        heal: Some(HealSpec {
+            verify: VerifySpec::UnitActive,
+            health_probe: NO_NEW_FAILED_UNITS,
+            rollback: Some("put the unit back in its state before the heal (stopped)"),
+        }),
+    },
+    Runbook {
+        id: runbook::RESTORE_FIREWALL,
+        description: "reload the firewall of the current generation",
+        safety: SafetyClass::Safe,
+        disruptive: false,
+        controls: &[hipaa::ACCESS_CONTROL, hipaa::TRANSMISSION_SECURITY],
+        params: &[],
+        cooldown: Duration::from_secs(300),
+        heal: Some(HealSpec {
+            verify: VerifySpec::Check(check::FIREWALL),
+            health_probe: NO_NEW_FAILED_UNITS,
+            rollback: Some("load the ruleset snapshot taken just before the restore"),
+        }),
+    },
+    Runbook {
+        id: runbook::REFRESH_AV_SIGNATURES,
+        description: "run the declared antivirus signature update now",
+        safety: SafetyClass::Safe,
+        disruptive: false,
+        controls: &[hipaa::MALICIOUS_SOFTWARE],
+        params: &[],
+        cooldown: Duration::from_secs(3600),
+        heal: Some(HealSpec {
+            verify: VerifySpec::Check(check::AV_EDR),
+            health_probe: NO_NEW_FAILED_UNITS,
+            rollback: None,
+        }),
+    },
+    Runbook {
+        id: runbook::RUN_BACKUP,
+        description: "run a declared backup job now",
+        safety: SafetyClass::Safe,
+        disruptive: false,
+        controls: &[hipaa::DATA_BACKUP_PLAN],
+        params: &[ParamSpec {
+            name: "job",
+            kind: ParamKind::Text {
+                max_len: 64,
+                token_only: true,
+            },
+            required: true,
+            description: "backup job name, listed in declared.json's heal.backupUnits",
+        }],
+        cooldown: Duration::from_secs(3600),
+        heal: Some(HealSpec {
+            verify: VerifySpec::Check(check::BACKUP),
+            health_probe: NO_NEW_FAILED_UNITS,
+            rollback: None,
+        }),
+    },
+    Runbook {
+        id: runbook::REACTIVATE_GENERATION,
+        description: "re-activate the current NixOS generation (switch-to-configuration switch)",
+        safety: SafetyClass::Disruptive,
+        disruptive: true,
+        controls: &[hipaa::RISK_MANAGEMENT, hipaa::CONTINGENCY_PLAN],
+        params: &[],
+        cooldown: Duration::from_secs(600),
+        heal: Some(HealSpec {
+            verify: VerifySpec::Generation,
+            health_probe: NO_NEW_FAILED_UNITS,
+            rollback: Some("switch to the generation recorded before the activation"),
+        }),
+    },
+    Runbook {
+        id: runbook::SWITCH_GENERATION,
+        description: "switch to a NixOS generation named by the order; roll back to the \
+                      previous one if the post-check or health probe fails",
+        safety: SafetyClass::Disruptive,
+        disruptive: true,
+        controls: &[hipaa::RISK_MANAGEMENT, hipaa::CONTINGENCY_PLAN],
+        params: &[ParamSpec {
+            name: "generation",
+            kind: ParamKind::Integer {
+                min: 1,
+                max: crate::heal::instance::MAX_GENERATION as i64,
+            },
+            required: true,
+            description: "number of a generation in the system profile (system-<n>-link)",
+        }],
+        cooldown: Duration::from_secs(600),
+        heal: Some(HealSpec {
+            verify: VerifySpec::Generation,
+            health_probe: NO_NEW_FAILED_UNITS,
+            rollback: Some("point the profile back at the previous generation and switch to it"),
+        }),
     },
 ];
 
@@ -426,6 +569,7 @@ mod tests {
             },
         ],
         cooldown: Duration::from_secs(1),
+        heal: None,
     }];
 
     fn check(params: Value) -> Result<Value, String> {

@@ -191,6 +191,30 @@ in
     module = base { orders.maintenance_window = "10pm-4am"; };
     expect = [ "services.msp-compliance.settings.orders.maintenance_window must be \"HH:MM-HH:MM\"" ];
   };
+  heal-unit-with-slash = {
+    module = withAgent { heal.restartableUnits = [ "pacs-bridge.service" "../etc/sshd.service" ]; };
+    expect = [ "${opt}.heal.restartableUnits: \"../etc/sshd.service\" is not a plain unit name" ];
+  };
+  heal-unit-template = {
+    module = withAgent { heal.restartableUnits = [ "getty@tty1.service" ]; };
+    expect = [ "${opt}.heal.restartableUnits: \"getty@tty1.service\" is not a plain unit name" ];
+  };
+  heal-unit-not-service = {
+    module = withAgent { heal.restartableUnits = [ "pacs-bridge.socket" ]; };
+    expect = [ "${opt}.heal.restartableUnits: \"pacs-bridge.socket\" is not a plain unit name" ];
+  };
+  heal-unit-agent-own = {
+    module = withAgent { heal.restartableUnits = [ "msp-compliance-probe.service" ]; };
+    expect = [ "${opt}.heal.restartableUnits: \"msp-compliance-probe.service\" names one of the agent's own units" ];
+  };
+  heal-unit-too-long = {
+    module = withAgent { heal.restartableUnits = [ "${builtins.concatStringsSep "" (builtins.genList (_: "a") 211)}.service" ]; };
+    expect = [ "${opt}.heal.restartableUnits: " "is longer than 218 characters" ];
+  };
+  heal-units-not-a-list = {
+    module = withAgent { heal.restartableUnits = "pacs-bridge.service"; };
+    expect = [ "`${opt}.heal.restartableUnits' is not of type `list of string'" ];
+  };
   mtls-key-in-store = {
     module = withAgent { mtlsClientKeyFile = "/nix/store/00000000000000000000000000000000-client.key"; };
     expect = [ "services.msp-compliance.mtlsClientKeyFile points into the Nix store" ];

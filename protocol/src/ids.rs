@@ -28,6 +28,18 @@ pub mod runbook {
     pub const RUN_CHECKS: &str = "run-checks";
     /// Re-send evidence records from a sequence number on.
     pub const COLLECT_EVIDENCE: &str = "collect-evidence";
+    /// Start a stopped or failed unit the generation declares restartable; verify it stays up.
+    pub const RESTART_UNIT: &str = "restart-unit";
+    /// Reload the generation's firewall; verified by the firewall check.
+    pub const RESTORE_FIREWALL: &str = "restore-firewall";
+    /// Refresh antivirus signatures now; verified by the AV/EDR check.
+    pub const REFRESH_AV_SIGNATURES: &str = "refresh-av-signatures";
+    /// Run a declared backup job now; verified by the backup check.
+    pub const RUN_BACKUP: &str = "run-backup";
+    /// Re-activate the current NixOS generation (`switch-to-configuration switch`).
+    pub const REACTIVATE_GENERATION: &str = "reactivate-generation";
+    /// Switch to a NixOS generation named by a signed order, rolling back on failure.
+    pub const SWITCH_GENERATION: &str = "switch-generation";
 }
 
 /// HIPAA Security Rule citations (45 CFR Part 164) used by the checks.
@@ -42,6 +54,8 @@ pub mod hipaa {
     pub const INCIDENT_PROCEDURES: &str = "164.308(a)(6)";
     /// Data backup plan.
     pub const DATA_BACKUP_PLAN: &str = "164.308(a)(7)(ii)(A)";
+    /// Contingency plan (keeping systems available in an emergency).
+    pub const CONTINGENCY_PLAN: &str = "164.308(a)(7)(i)";
     /// Disaster recovery plan.
     pub const DISASTER_RECOVERY: &str = "164.308(a)(7)(ii)(B)";
     /// Testing and revision procedures (restore tests).

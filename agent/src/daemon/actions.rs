@@ -42,7 +42,8 @@ pub struct ActionReport {
 }
 
 impl ActionReport {
-    fn done(detail: String, output: Value) -> ActionReport {
+    /// A successful action.
+    pub fn done(detail: String, output: Value) -> ActionReport {
         ActionReport {
             succeeded: true,
             detail,
@@ -76,6 +77,7 @@ pub fn execute(approved: &Approved, context: &mut Context, state: &mut State) ->
             let until = params.integer("until_seq");
             collect_evidence(context, approved.order_id(), since, until)
         }
+        _ if approved.runbook().heal.is_some() => crate::heal::run_order(approved, context),
         // The whitelist has an entry this dispatch does not know: a bug, reported as a failed
         // action rather than a crash.
         other => ActionReport::failed(format!(

@@ -60,6 +60,13 @@ pub enum RecordError {
 
 /// Runs one whole cycle. Never fails: each step logs its own failure.
 pub async fn run_cycle(context: &mut Context, state: &mut State) {
+    // A heal an earlier image left unfinished (killed mid-heal) is finished first, so its
+    // verification or rollback is in the evidence before this cycle's findings.
+    match crate::heal::recover_interrupted(context) {
+        Ok(0) => {}
+        Ok(finished) => tracing::warn!(finished, "interrupted heals found and finished"),
+        Err(err) => tracing::error!(error = %err, "interrupted heals could not be finished"),
+    }
     let started = Timestamp::now();
     match run_checks(context, &checks::select(&[]).unwrap_or_default(), started) {
         Ok(run) => {

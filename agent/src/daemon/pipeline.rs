@@ -22,21 +22,27 @@ use crate::daemon::{Context, State, actions, results};
 use crate::orders::record::{self, Finished};
 use crate::orders::{self, Admission, ClockState};
 
-/// Runs one envelope through the pipeline. Failures of the agent's own storage are logged; the
+/// Runs one envelope through the pipeline and returns the result it queued (`None`: nothing
+/// to answer, or the agent's storage failed, which is logged). Failures of the agent's own storage are logged; the
 /// order is then served again by the server and judged again (as a replay if it was admitted).
-pub fn process(context: &mut Context, state: &mut State, envelope: &Envelope, clock: &ClockState) {
+pub fn process(
+    context: &mut Context,
+    state: &mut State,
+    envelope: &Envelope,
+    clock: &ClockState,
+) -> Option<OrderResult> {
     let order_digest = dsse::digest(envelope);
     // A result for this very envelope is still waiting to be posted: the server serves an
     // order until its result arrives. Judging it again would only add a replay refusal.
     match results::is_pending(&context.store, &order_digest) {
         Ok(true) => {
             tracing::debug!(%order_digest, "order already answered; its result is queued");
-            return;
+            return None;
         }
         Ok(false) => {}
         Err(err) => {
             tracing::error!(%order_digest, error = %err, "cannot read the result queue; order skipped this cycle");
-            return;
+            return None;
         }
     }
     let Some(guardrails) = &context.guardrails else {
@@ -44,7 +50,7 @@ pub fn process(context: &mut Context, state: &mut State, envelope: &Envelope, cl
             %order_digest,
             "order received but no order keys are configured (orders.order_public_key_files); not judged"
         );
-        return;
+        return None;
     };
     let now = Timestamp::now();
     let admitted = orders::admit(envelope, guardrails, clock, &mut context.memory, now);
@@ -52,7 +58,7 @@ pub fn process(context: &mut Context, state: &mut State, envelope: &Envelope, cl
         Ok(it) => it,
         Err(err) => {
             tracing::error!(%order_digest, error = %err, "order memory failed; nothing admitted");
-            return;
+            return None;
         }
     };
     log_admission(&admission, &order_digest);
@@ -60,7 +66,7 @@ pub fn process(context: &mut Context, state: &mut State, envelope: &Envelope, cl
         Some(draft) => match append(context, draft, now) {
             Some(seq) => Some(seq),
             // Without its evidence an order must not run and no result may claim it.
-            None => return,
+            None => return None,
         },
         None => None,
     };
@@ -90,11 +96,9 @@ pub fn process(context: &mut Context, state: &mut State, envelope: &Envelope, cl
                 &report.output,
                 &context.scrubber,
             );
-            let Some(seq) = append(context, draft, finished_at) else {
-                return;
-            };
+            let seq = append(context, draft, finished_at)?;
             let Some(guardrails) = &context.guardrails else {
-                return;
+                return None;
             };
             let mut result = record::execution_result(
                 &approved,
@@ -109,21 +113,18 @@ pub fn process(context: &mut Context, state: &mut State, envelope: &Envelope, cl
             result
         }
         // Deferred before and still outside the window: its evidence and result exist already.
-        Admission::AlreadyDeferred(_) => return,
+        Admission::AlreadyDeferred(_) => return None,
         other => {
             let Some(guardrails) = &context.guardrails else {
-                return;
+                return None;
             };
-            let Some(mut result) =
-                record::admission_result(&other, guardrails, &context.scrubber, now)
-            else {
-                return;
-            };
+            let mut result = record::admission_result(&other, guardrails, &context.scrubber, now)?;
             result.evidence_seq = decision_seq;
             result
         }
     };
     queue_result(context, &order_digest, &result);
+    Some(result)
 }
 
 /// Appends one draft; returns its seq, or `None` after logging why not.

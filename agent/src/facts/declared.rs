@@ -45,6 +45,31 @@ pub struct Declared {
     pub clamav: DeclaredClamav,
     /// Time synchronisation daemons.
     pub time_sync: DeclaredTimeSync,
+    /// What the heal units may act on (`services.msp-compliance.heal` and the units the
+    /// generation runs). Absent: nothing on this host is healable.
+    #[serde(default)]
+    pub heal: Option<DeclaredHeal>,
+}
+
+/// The units the root heal helper may act on. The helper reads this section and nothing the
+/// agent writes, so the list of units that can be restarted is the generation's, not an order's.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct DeclaredHeal {
+    /// `services.msp-compliance.heal.restartableUnits`: `<name>.service` units that may be
+    /// restarted (no templates).
+    #[serde(default)]
+    pub restartable_units: Vec<String>,
+    /// The unit that loads the generation's firewall (`nftables.service`, `firewall.service`);
+    /// `null` without a firewall.
+    #[serde(default)]
+    pub firewall_unit: Option<String>,
+    /// The unit that refreshes antivirus signatures (`clamav-freshclam.service`).
+    #[serde(default)]
+    pub av_update_unit: Option<String>,
+    /// Backup job name → the unit that runs it now.
+    #[serde(default)]
+    pub backup_units: BTreeMap<String, String>,
 }
 
 /// `networking.firewall`.

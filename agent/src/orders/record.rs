@@ -179,12 +179,16 @@ fn outcome_name(outcome: Outcome) -> &'static str {
 }
 
 fn dry_run_detail(approved: &Approved) -> String {
-    format!(
+    let detail = format!(
         "dry run requested by {}: would run {} with params {}",
         approved.dry_run_by().unwrap_or("the configuration"),
         approved.runbook().id,
         approved.params().to_json()
-    )
+    );
+    match crate::heal::describe(approved.runbook(), approved.params()) {
+        Some(plan) => format!("{detail}; it {plan}; nothing was changed"),
+        None => detail,
+    }
 }
 
 fn refusal_result_parts(

@@ -39,6 +39,7 @@ static TEST_RUNBOOKS: &[Runbook] = &[
             description: "how many",
         }],
         cooldown: Duration::from_secs(60),
+        heal: None,
     },
     Runbook {
         id: "restart-unit",
@@ -56,6 +57,7 @@ static TEST_RUNBOOKS: &[Runbook] = &[
             description: "the unit",
         }],
         cooldown: Duration::from_secs(600),
+        heal: None,
     },
 ];
 

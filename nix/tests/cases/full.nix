@@ -1,7 +1,8 @@
 # A clinic site host with everything the module reads or writes in use: nftables firewall with
 # per-interface ports, journald retention, locked audit rules, restic and borg jobs, LUKS, random
 # swap encryption, tmpfs /tmp, flake autoUpgrade, ClamAV, chrony; the agent with every secret,
-# the control plane with two order keys and a maintenance window, both outbox sinks, a changed threshold, a waiver, and a free-form setting.
+# the control plane with two order keys and a maintenance window, both outbox sinks, a changed threshold, a waiver, a free-form setting,
+# and two of the clinic's own services that heals may restart (added to the module's daemons).
 { lib, ... }:
 {
   networking.nftables.enable = true;
@@ -88,6 +89,7 @@
     s3AccessKeyIdFile = "/run/secrets/s3-access-key-id";
     s3SecretAccessKeyFile = "/run/secrets/s3-secret-access-key";
     mtlsClientKeyFile = "/var/lib/msp-compliance-secrets/client.key";
+    heal.restartableUnits = [ "pacs-bridge.service" "hl7-listener.service" ];
     baseline = {
       version = "2026.11.0-clinic-042.1";
       checks.firewall.allowed_tcp_ports = [ 22 443 ];
