@@ -2,7 +2,7 @@
   description = "msp-compliance: a pull-only HIPAA compliance agent for NixOS site hosts";
 
   # nixpkgs only, pinned in flake.lock (written by hand from public lock files; see README).
-  inputs.nixpkgs.url = "github:NixOS/nixpkgs/nixos-25.11";
+  inputs.nixpkgs.url = "github:NixOS/nixpkgs/nixos-26.05";
 
   outputs = { self, nixpkgs }:
     let

@@ -404,10 +404,11 @@ let
 
   # Every unit the agent user may start (verb `start` only), by name ...
   startableUnits = map probeUnitName (builtins.attrNames probes) ++ map healUnitName healInstances;
-  # ... and by pattern, for the one heal whose argument is a number: a generation that exists
+  # ... and by pattern, for the heals whose argument is a number: a generation that exists
   # when the heal runs (the helper checks the profile link), 1 to 999999999 without a leading
-  # zero. JavaScript regular expressions: `$` is the end of the name, not a line's.
-  startablePatterns = [ "^msp-compliance-heal@switch-generation-[1-9][0-9]{0,8}\\.service$" ];
+  # zero, switched to live or made the boot default and rebooted into. JavaScript regular
+  # expressions: `$` is the end of the name, not a line's.
+  startablePatterns = [ "^msp-compliance-heal@(switch|boot)-generation-[1-9][0-9]{0,8}\\.service$" ];
 
   # The agent user may `start` exactly the units in `startableUnits` or matching
   # `startablePatterns`; every other systemd action (stop, restart, other units, daemon-reload,

@@ -82,12 +82,18 @@ pub fn plan(
                 .map_err(|_| format!("backup job {job} is not a plain name"))
         }
         runbook::REACTIVATE_GENERATION => Ok(Instance::ReactivateGeneration),
-        runbook::SWITCH_GENERATION => params
-            .integer("generation")
-            .and_then(|it| u32::try_from(it).ok())
-            .filter(|it| (1..=instance::MAX_GENERATION).contains(it))
-            .map(Instance::SwitchGeneration)
-            .ok_or_else(|| "params.generation: expected 1 to 999999999".to_string()),
+        runbook::SWITCH_GENERATION => {
+            let number = params
+                .integer("generation")
+                .and_then(|it| u32::try_from(it).ok())
+                .filter(|it| (1..=instance::MAX_GENERATION).contains(it))
+                .ok_or_else(|| "params.generation: expected 1 to 999999999".to_string())?;
+            Ok(if params.boolean("reboot") == Some(true) {
+                Instance::BootGeneration(number)
+            } else {
+                Instance::SwitchGeneration(number)
+            })
+        }
         other => Err(format!("{other} is not a heal runbook")),
     }
 }
@@ -98,9 +104,13 @@ pub fn describe(runbook: &Runbook, params: &ValidParams) -> Option<String> {
     let target = match runbook.id {
         runbook::RESTART_UNIT => params.text("unit").map(|unit| format!(" for {unit}")),
         runbook::RUN_BACKUP => params.text("job").map(|job| format!(" for job {job}")),
-        runbook::SWITCH_GENERATION => params
-            .integer("generation")
-            .map(|number| format!(" to generation {number}")),
+        runbook::SWITCH_GENERATION => params.integer("generation").map(|number| {
+            if params.boolean("reboot") == Some(true) {
+                format!(" to generation {number} (as the boot default, then a reboot)")
+            } else {
+                format!(" to generation {number}")
+            }
+        }),
         _ => None,
     }
     .unwrap_or_default();
@@ -226,6 +236,16 @@ impl HealHost for DaemonHost<'_> {
     fn settle(&mut self) {
         std::thread::sleep(self.settle);
     }
+
+    fn boot_id(&mut self) -> Option<String> {
+        // The kernel's boot id, and when the service manager of this boot started: inside a
+        // container a sandboxed unit may see the host kernel's boot id (which a container
+        // reboot does not change), while PID 1's start changes with every boot of the OS
+        // instance, host or container.
+        let kernel = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+        let manager = self.systemd.manager_started().ok()?;
+        Some(format!("{}/{manager}", kernel.trim()))
+    }
 }
 
 /// Runs an approved heal order: plan against the generation's declared state, then the
@@ -261,6 +281,12 @@ pub fn run_order(
         Ok(engine::HealOutcome::NoDrift) => ActionReport::done(
             format!("no drift found; nothing changed ({unit} not started)"),
             serde_json::json!({ "heal": "no_drift", "unit": unit }),
+        ),
+        Ok(engine::HealOutcome::AwaitingReboot) => ActionReport::done(
+            format!(
+                "{unit} set the boot default and is rebooting the host; the first run after the boot verifies the heal or rolls it back"
+            ),
+            serde_json::json!({ "heal": "awaiting_reboot", "unit": unit }),
         ),
         Ok(engine::HealOutcome::Verified) => ActionReport::done(
             format!("healed through {unit} and verified"),

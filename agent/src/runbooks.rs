@@ -291,15 +291,23 @@ pub static RUNBOOKS: &[Runbook] = &[
         safety: SafetyClass::Disruptive,
         disruptive: true,
         controls: &[hipaa::RISK_MANAGEMENT, hipaa::CONTINGENCY_PLAN],
-        params: &[ParamSpec {
-            name: "generation",
-            kind: ParamKind::Integer {
-                min: 1,
-                max: crate::heal::instance::MAX_GENERATION as i64,
+        params: &[
+            ParamSpec {
+                name: "generation",
+                kind: ParamKind::Integer {
+                    min: 1,
+                    max: crate::heal::instance::MAX_GENERATION as i64,
+                },
+                required: true,
+                description: "number of a generation in the system profile (system-<n>-link)",
             },
-            required: true,
-            description: "number of a generation in the system profile (system-<n>-link)",
-        }],
+            ParamSpec {
+                name: "reboot",
+                kind: ParamKind::Bool,
+                required: false,
+                description: "make it the boot default and reboot into it (`switch-to-configuration boot`) instead of switching live; verified by the first run after the boot",
+            },
+        ],
         cooldown: Duration::from_secs(600),
         heal: Some(HealSpec {
             verify: VerifySpec::Generation,

@@ -63,6 +63,8 @@ fn debianize(unit: &str) -> String {
                         AGENT.to_string()
                     } else if program.ends_with("-msp-compliance-probe") {
                         "/usr/local/lib/msp-compliance-probe".to_string()
+                    } else if program == "kill" {
+                        "/bin/kill".to_string()
                     } else {
                         format!("/usr/sbin/{program}")
                     };
@@ -150,6 +152,50 @@ fn declared() -> Value {
     })
 }
 
+/// The module's heal and probe units (Debian paths), polkit rule and runtime directories, from
+/// its golden rendering of the `full` case.
+fn install_module_units(site: &Site) {
+    site.write_file(
+        "/etc/systemd/system/msp-compliance-heal@.service",
+        debianize(&golden("units/msp-compliance-heal@.service")).as_bytes(),
+        0o644,
+    );
+    site.write_file(
+        "/etc/systemd/system/msp-compliance-probe@.service",
+        debianize(&golden("units/msp-compliance-probe@.service")).as_bytes(),
+        0o644,
+    );
+    for part in std::fs::read_dir(
+        repo().join("nix/tests/golden/full/units/msp-compliance-probe@nft-ruleset.service.d"),
+    )
+    .unwrap()
+    {
+        let part = part.unwrap();
+        let name = part.file_name().to_string_lossy().into_owned();
+        let text = std::fs::read_to_string(part.path()).unwrap();
+        site.write_file(
+            &format!("/etc/systemd/system/msp-compliance-probe@nft-ruleset.service.d/{name}"),
+            debianize(&text).as_bytes(),
+            0o644,
+        );
+    }
+    site.write_file(
+        "/usr/local/lib/msp-compliance-probe",
+        PROBE_RUNNER.as_bytes(),
+        0o755,
+    );
+    site.write_file(
+        "/etc/polkit-1/rules.d/50-msp-compliance.rules",
+        golden("polkit/10-nixos.rules").as_bytes(),
+        0o644,
+    );
+    site.write_file(
+        "/etc/tmpfiles.d/msp-compliance.conf",
+        golden("tmpfiles.conf").as_bytes(),
+        0o644,
+    );
+}
+
 struct Fixture {
     site: Site,
     order_key: ed25519_dalek::SigningKey,
@@ -166,46 +212,7 @@ impl Fixture {
         let order_key = keys::load_signing_key(&dir.path().join("order.key")).unwrap();
         let order_pub = std::fs::read(dir.path().join("order.key.pub")).unwrap();
 
-        // The module's units, polkit rule and runtime directories.
-        site.write_file(
-            "/etc/systemd/system/msp-compliance-heal@.service",
-            debianize(&golden("units/msp-compliance-heal@.service")).as_bytes(),
-            0o644,
-        );
-        site.write_file(
-            "/etc/systemd/system/msp-compliance-probe@.service",
-            debianize(&golden("units/msp-compliance-probe@.service")).as_bytes(),
-            0o644,
-        );
-        for part in std::fs::read_dir(
-            repo().join("nix/tests/golden/full/units/msp-compliance-probe@nft-ruleset.service.d"),
-        )
-        .unwrap()
-        {
-            let part = part.unwrap();
-            let name = part.file_name().to_string_lossy().into_owned();
-            let text = std::fs::read_to_string(part.path()).unwrap();
-            site.write_file(
-                &format!("/etc/systemd/system/msp-compliance-probe@nft-ruleset.service.d/{name}"),
-                debianize(&text).as_bytes(),
-                0o644,
-            );
-        }
-        site.write_file(
-            "/usr/local/lib/msp-compliance-probe",
-            PROBE_RUNNER.as_bytes(),
-            0o755,
-        );
-        site.write_file(
-            "/etc/polkit-1/rules.d/50-msp-compliance.rules",
-            golden("polkit/10-nixos.rules").as_bytes(),
-            0o644,
-        );
-        site.write_file(
-            "/etc/tmpfiles.d/msp-compliance.conf",
-            golden("tmpfiles.conf").as_bytes(),
-            0o644,
-        );
+        install_module_units(&site);
 
         // Two clinic services: one healthy when started, one that dies a second after starting.
         site.write_file(
@@ -408,7 +415,13 @@ fn heals_against_a_real_systemd() {
     // 1. A stopped unit is restarted and verified; timed from the decision (the order applied)
     //    to the verified heal, which includes the 2 s settle time of the health probe.
     let mut times = Vec::new();
-    for round in 0..5 {
+    // `scripts/bench-heal.sh` asks for more rounds; the figure is printed, never asserted.
+    let rounds: usize = std::env::var("MSP_HEAL_ROUNDS")
+        .ok()
+        .and_then(|it| it.parse().ok())
+        .unwrap_or(5)
+        .clamp(1, 200);
+    for round in 0..rounds {
         let (result, code, took) = fx.apply(
             "restart-unit",
             json!({"unit": "pacs-bridge.service"}),
@@ -433,9 +446,13 @@ fn heals_against_a_real_systemd() {
         std::thread::sleep(Duration::from_millis(1100)); // the runbook's cooldown (1 s here)
     }
     times.sort();
+    // Nearest rank: the smallest time at least 95 % of the rounds did not exceed.
+    let p95 = times[(times.len() * 95).div_ceil(100) - 1];
     eprintln!(
-        "decision -> verified heal of a unit restart: median {:?}, p95 (max of 5) {:?}, all {times:?}",
-        times[2], times[4]
+        "decision -> verified heal of a unit restart ({rounds} rounds, settle 2 s included): median {:?}, p95 {p95:?}, min {:?}, max {:?}",
+        times[times.len() / 2],
+        times[0],
+        times[times.len() - 1]
     );
 
     // A running unit is not restarted: no drift, nothing changed.
@@ -841,6 +858,393 @@ fn heals_against_a_real_systemd() {
 
     // The whole chain verifies.
     let out = fx.agent(&["evidence", "verify", "--config", CONFIG]);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        stderr(&out)
+    );
+}
+
+const MCP: &str = "/usr/local/bin/msp-mcp";
+const MCP_STATE: &str = "/var/lib/msp-mcp";
+
+/// A fake NixOS generation: `switch-to-configuration` that makes itself the running system
+/// (`/run/current-system`) and the boot default (`/boot/fake-default`) for `switch`, only the
+/// boot default for `boot`, like the real script's two main goals. `extra` runs on `switch`.
+fn fake_generation(site: &Site, number: u32, extra: &str) {
+    let toplevel = format!("/nix/store/fake-nixos-system-{number}");
+    site.write_file(
+        &format!("{toplevel}/bin/switch-to-configuration"),
+        format!(
+            "#!/bin/sh\nset -e\ncase \"$1\" in\n  switch) ln -sfn {toplevel} /run/current-system; echo {toplevel} > /boot/fake-default; {extra} ;;\n  boot) echo {toplevel} > /boot/fake-default ;;\n  *) exit 1 ;;\nesac\necho \"{number} $1\" >> /var/log/fake-switch.log\n"
+        )
+        .as_bytes(),
+        0o755,
+    );
+    site.root_ok(&[
+        "ln",
+        "-sfn",
+        &toplevel,
+        &format!("/nix/var/nix/profiles/system-{number}-link"),
+    ]);
+}
+
+/// The `STATE` column of an order in `msp-mcp orders`, once it has a result.
+fn order_result(site: &Site, order_id: &str, limit: Duration) -> String {
+    let deadline = Instant::now() + limit;
+    loop {
+        let table = site.root_ok(&[
+            MCP,
+            "--state-dir",
+            MCP_STATE,
+            "orders",
+            "--site",
+            "clinic-a",
+            "--host",
+            "site",
+        ]);
+        if let Some(row) = table.lines().find(|it| it.starts_with(order_id))
+            && row.contains("result ")
+        {
+            return row.to_string();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no result for {order_id} within {limit:?}:\n{table}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+fn create_order(site: &Site, params: &str) -> String {
+    site.root_ok(&[
+        MCP,
+        "--state-dir",
+        MCP_STATE,
+        "order",
+        "create",
+        "--site",
+        "clinic-a",
+        "--host",
+        "site",
+        "--action",
+        "switch-generation",
+        "--params",
+        params,
+    ])
+    .trim()
+    .to_string()
+}
+
+/// `kind:event` of one heal's records, read with the agent's own export (as its user).
+fn heal_events_of(site: &Site, heal_id: &str) -> Vec<String> {
+    let out = site.root(&[
+        "runuser", "-u", AGENT_USER, "--", AGENT, "evidence", "export", "--config", CONFIG,
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|line| {
+            let envelope: Value = serde_json::from_str(line).ok()?;
+            let payload = base64::engine::general_purpose::STANDARD
+                .decode(envelope["payload"].as_str()?)
+                .ok()?;
+            let predicate = serde_json::from_slice::<Value>(&payload).ok()?["predicate"].clone();
+            (predicate["body"]["heal_id"] == heal_id).then(|| {
+                match predicate["body"]["event"].as_str() {
+                    Some(event) => format!("{}:{event}", predicate["kind"].as_str().unwrap_or("?")),
+                    None => predicate["kind"].as_str().unwrap_or("?").to_string(),
+                }
+            })
+        })
+        .collect()
+}
+
+/// A window around now (two hours each side), so disruptive orders are admitted.
+fn open_window() -> String {
+    let now = jiff::tz::TimeZone::UTC.to_datetime(jiff::Timestamp::now());
+    let start = (now.hour() + 22) % 24;
+    let end = (now.hour() + 2) % 24;
+    format!("{start:02}:00-{end:02}:00")
+}
+
+/// Disruptive heals through the whole product: `msp-mcp` signs the orders, the agent daemon
+/// (the module's unit, `msp-compliance.service`) checks in, the guardrails admit them in the
+/// window, the heal engine switches generations on a fake system profile, and a boot-mode
+/// switch reboots the container and is verified by the daemon's first cycle after the boot.
+///
+/// The container's clock cannot be synchronized (the host kernel reports STA_UNSYNC and nspawn
+/// withholds CAP_SYS_TIME), so a `timedatectl` first in the agent's search path answers `yes`,
+/// as systemd-timedated does on a synchronized host; everything else is real.
+#[test]
+fn generations_switch_and_boot_through_the_daemon() {
+    if !site_tests_enabled("generations_switch_and_boot_through_the_daemon") {
+        return;
+    }
+    let agent = Path::new(env!("CARGO_BIN_EXE_msp-compliance-agent"));
+    let mcp = agent.with_file_name("msp-mcp");
+    assert!(
+        mcp.exists(),
+        "msp-mcp is not built next to the agent: run the workspace's tests (cargo nextest run --workspace)"
+    );
+    let mut site = Site::boot_persistent("gens", &[(agent, AGENT), (&mcp, MCP)]).expect("boot");
+    install_module_units(&site);
+    site.write_file(
+        "/usr/local/lib/msp-test-bin/timedatectl",
+        b"#!/bin/sh\necho yes\n",
+        0o755,
+    );
+    site.write_file(
+        "/etc/msp-compliance/declared.json",
+        declared().to_string().as_bytes(),
+        0o644,
+    );
+
+    // The control plane and the agent's identity, as an MSP sets up a site.
+    site.root_ok(&[MCP, "--state-dir", MCP_STATE, "init"]);
+    site.root_ok(&[
+        "install",
+        "-d",
+        "-o",
+        AGENT_USER,
+        "-g",
+        AGENT_USER,
+        "-m",
+        "0700",
+        "/var/lib/msp-compliance",
+    ]);
+    site.root_ok(&[
+        "runuser",
+        "-u",
+        AGENT_USER,
+        "--",
+        AGENT,
+        "keygen",
+        "--output",
+        "/var/lib/msp-compliance/evidence.key",
+    ]);
+    site.root_ok(&[
+        MCP,
+        "--state-dir",
+        MCP_STATE,
+        "enroll",
+        "--site",
+        "clinic-a",
+        "--host",
+        "site",
+        "--agent-key",
+        "/var/lib/msp-compliance/evidence.key.pub",
+        "--out",
+        "/etc/msp-compliance/mcp",
+    ]);
+    site.root_ok(&[
+        "cp",
+        &format!("{MCP_STATE}/order-signing.key.pub"),
+        "/etc/msp-compliance/mcp/",
+    ]);
+    site.root_ok(&["chown", "-R", AGENT_USER, "/etc/msp-compliance/mcp"]);
+    let config = json!({
+        "site_id": "clinic-a",
+        "host_id": "site",
+        "state_dir": "/var/lib/msp-compliance",
+        "poll_interval_secs": 10,
+        "privileged_facts": "units",
+        "commands": { "search_path": ["/usr/local/lib/msp-test-bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"] },
+        "evidence": { "signing_key_file": "/var/lib/msp-compliance/evidence.key" },
+        "control_plane": {
+            "url": "https://127.0.0.1:8443",
+            "server_ca_file": "/etc/msp-compliance/mcp/ca.pem",
+            "client_certificate_file": "/etc/msp-compliance/mcp/client.pem",
+            "client_key_file": "/etc/msp-compliance/mcp/client.key",
+            "request_timeout_secs": 10
+        },
+        "orders": {
+            "order_public_key_files": ["/etc/msp-compliance/mcp/order-signing.key.pub"],
+            "maintenance_window": open_window(),
+            "timezone": "UTC",
+            "max_actions_per_hour": 100,
+            "cooldown_secs": { "switch-generation": 1 }
+        },
+        "heal": { "settle_secs": 2 }
+    });
+    site.write_file(CONFIG, config.to_string().as_bytes(), 0o644);
+
+    // The module's agent unit (without the credentials this test passes as files), started at
+    // boot; the control plane and a stand-in for NixOS's stage 2 (which makes the boot default
+    // the running system) too.
+    let unit: String = debianize(&golden("units/msp-compliance.service"))
+        .lines()
+        .filter(|it| !it.starts_with("LoadCredential="))
+        .map(|it| format!("{it}\n"))
+        .collect();
+    site.write_file(
+        "/etc/systemd/system/msp-compliance.service",
+        format!("{unit}\n[Install]\nWantedBy=multi-user.target\n").as_bytes(),
+        0o644,
+    );
+    site.write_file(
+        "/etc/systemd/system/msp-mcp.service",
+        format!("[Unit]\nDescription=msp-mcp (test)\n[Service]\nExecStart={MCP} --state-dir {MCP_STATE} serve --listen 127.0.0.1:8443\n[Install]\nWantedBy=multi-user.target\n").as_bytes(),
+        0o644,
+    );
+    site.write_file(
+        "/usr/local/lib/fake-nixos-stage2",
+        b"#!/bin/sh\nln -sfn \"$(cat /boot/fake-default)\" /run/current-system\n",
+        0o755,
+    );
+    site.write_file(
+        "/etc/systemd/system/fake-nixos-stage2.service",
+        b"[Unit]\nDescription=the boot default becomes the running system (stand-in for NixOS stage 2)\nBefore=msp-compliance.service\n[Service]\nType=oneshot\nRemainAfterExit=yes\nExecStart=/usr/local/lib/fake-nixos-stage2\n[Install]\nWantedBy=multi-user.target\n",
+        0o644,
+    );
+    site.write_file(
+        "/etc/systemd/system/gen3-broken.service",
+        b"[Unit]\nDescription=a service generation 3 breaks\n[Service]\nExecStart=/bin/false\n",
+        0o644,
+    );
+    site.root_ok(&["mkdir", "-p", "/nix/var/nix/profiles", "/boot"]);
+    fake_generation(&site, 2, "true");
+    fake_generation(&site, 3, "systemctl start gen3-broken.service || true");
+    fake_generation(&site, 4, "true");
+    fake_generation(&site, 5, "true");
+    site.root_ok(&[
+        "ln",
+        "-sfn",
+        "system-2-link",
+        "/nix/var/nix/profiles/system",
+    ]);
+    site.write_file(
+        "/boot/fake-default",
+        b"/nix/store/fake-nixos-system-2\n",
+        0o644,
+    );
+    site.root_ok(&["systemctl", "daemon-reload"]);
+    site.root_ok(&[
+        "systemd-tmpfiles",
+        "--create",
+        "/etc/tmpfiles.d/msp-compliance.conf",
+    ]);
+    site.root_ok(&[
+        "systemctl",
+        "enable",
+        "--now",
+        "fake-nixos-stage2.service",
+        "msp-mcp.service",
+        "msp-compliance.service",
+    ]);
+    assert_eq!(
+        site.root_ok(&["readlink", "/run/current-system"]).trim(),
+        "/nix/store/fake-nixos-system-2"
+    );
+
+    // A generation whose activation breaks a service: the health probe sees the newly failed
+    // unit, the engine rolls back to generation 2 and escalates, within the same cycle.
+    let order = create_order(&site, r#"{"generation": 3}"#);
+    let result = order_result(&site, &order, Duration::from_secs(90));
+    assert!(result.contains("result failed"), "{result}");
+    assert_eq!(
+        heal_events_of(&site, &order),
+        [
+            "heal:drift_detected",
+            "heal:attempted",
+            "heal:acted",
+            "heal:verification_failed",
+            "rollback:rolled_back",
+            "escalation"
+        ]
+    );
+    assert_eq!(
+        site.root_ok(&["readlink", "/nix/var/nix/profiles/system"])
+            .trim(),
+        "system-2-link"
+    );
+    assert_eq!(
+        site.root_ok(&["readlink", "/run/current-system"]).trim(),
+        "/nix/store/fake-nixos-system-2"
+    );
+
+    // A good generation, switched to live and verified.
+    let order = create_order(&site, r#"{"generation": 4}"#);
+    let result = order_result(&site, &order, Duration::from_secs(90));
+    assert!(result.contains("result executed"), "{result}");
+    assert_eq!(
+        heal_events_of(&site, &order).last().unwrap(),
+        "heal:verified"
+    );
+    assert_eq!(
+        site.root_ok(&["readlink", "/run/current-system"]).trim(),
+        "/nix/store/fake-nixos-system-4"
+    );
+
+    // Boot mode: generation 5 becomes the boot default and the host reboots into it; the
+    // daemon's first cycle after the boot finds the heal in its journal and verifies it.
+    let boot_before = site.root_ok(&["cat", "/proc/sys/kernel/random/boot_id"]);
+    let order = create_order(&site, r#"{"generation": 5, "reboot": true}"#);
+    let rebooted = site
+        .reboot_and_wait(Duration::from_secs(180))
+        .expect("the heal reboots the site");
+    eprintln!("boot-mode heal: the site came back {rebooted:?} after the reboot");
+    assert_ne!(
+        site.root_ok(&["cat", "/proc/sys/kernel/random/boot_id"]),
+        boot_before
+    );
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let events = loop {
+        let events = heal_events_of(&site, &order);
+        if events
+            .last()
+            .is_some_and(|it| it == "heal:verified" || it == "escalation")
+        {
+            break events;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the heal was not finished after the boot: {events:?}\n{}",
+            String::from_utf8_lossy(
+                &site
+                    .root(&[
+                        "journalctl",
+                        "-b",
+                        "-u",
+                        "msp-compliance.service",
+                        "--no-pager"
+                    ])
+                    .stdout
+            )
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert_eq!(
+        events,
+        [
+            "heal:drift_detected",
+            "heal:attempted",
+            "heal:acted",
+            "heal:awaiting_reboot",
+            "heal:resumed",
+            "heal:verified"
+        ]
+    );
+    assert_eq!(
+        site.root_ok(&["readlink", "/run/current-system"]).trim(),
+        "/nix/store/fake-nixos-system-5"
+    );
+    let result = order_result(&site, &order, Duration::from_secs(60));
+    assert!(result.contains("result executed"), "{result}");
+
+    // The server holds the agent's chain and it verifies there.
+    let out = site.root(&[
+        MCP,
+        "--state-dir",
+        MCP_STATE,
+        "evidence",
+        "verify",
+        "--site",
+        "clinic-a",
+        "--host",
+        "site",
+    ]);
     assert!(
         out.status.success(),
         "{}{}",

@@ -37,9 +37,11 @@ startableUnits.forEach(function (unit) {
   cases.push(["msp-compliance", manage, unit, "start", "no"]);
 });
 
-// A generation switch is allowed by pattern: 1 to 999999999, decimal, no leading zero.
-["1", "12", "999999999"].forEach(function (n) {
-  var unit = heal("switch-generation-" + n);
+// A generation switch (live, or as the boot default with a reboot) is allowed by pattern:
+// 1 to 999999999, decimal, no leading zero.
+["switch-generation-1", "switch-generation-12", "switch-generation-999999999",
+ "boot-generation-1", "boot-generation-12", "boot-generation-999999999"].forEach(function (name) {
+  var unit = heal(name);
   cases.push(["msp-compliance", manage, unit, "start", "yes"]);
   ["stop", "restart", "reload", ""].forEach(function (verb) {
     cases.push(["msp-compliance", manage, unit, verb, "no"]);
@@ -61,7 +63,13 @@ startableUnits.forEach(function (unit) {
   "x" + heal("switch-generation-12"),
   "msp-compliance-heal@switch-generation-12",
   "msp-compliance-heal@switch-generation-12.socket",
-  "msp-compliance-heal@switch-generation-12Xservice"
+  "msp-compliance-heal@switch-generation-12Xservice",
+  heal("boot-generation-0"),
+  heal("boot-generation-012"),
+  heal("boot-generation-1234567890"),
+  heal("reboot-generation-12"),
+  heal("switchboot-generation-12"),
+  heal("boot-generation-12") + "/../sshd.service"
 ].forEach(function (unit) {
   cases.push(["msp-compliance", manage, unit, "start", "no"]);
 });

@@ -43,6 +43,9 @@ pub mod event {
     pub const ROLLBACK_FAILED: &str = "rollback_failed";
     /// A heal interrupted by a crash was found and is being finished.
     pub const RESUMED: &str = "resumed";
+    /// The new generation is the boot default and the host is rebooting into it; the heal is
+    /// verified (or rolled back) by the first run after the boot.
+    pub const AWAITING_REBOOT: &str = "awaiting_reboot";
 }
 
 /// What the engine needs from the host.
@@ -61,7 +64,14 @@ pub trait HealHost {
     fn record(&mut self, kind: RecordKind, controls: &[&str], body: Value) -> Result<u64, String>;
     /// Waits for the change to settle before the health probe.
     fn settle(&mut self);
+    /// The kernel's boot id (`/proc/sys/kernel/random/boot_id`), to tell whether a reboot
+    /// happened since a heal started.
+    fn boot_id(&mut self) -> Option<String>;
 }
+
+/// How long a heal waits for the reboot it asked for; after that, no reboot came and the heal
+/// is judged (and rolled back) as it stands.
+const REBOOT_GRACE: jiff::SignedDuration = jiff::SignedDuration::from_mins(30);
 
 /// What verifies an instance.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -87,9 +97,10 @@ impl Verify {
                 Verify::UnitActive(format!("{stem}.service"))
             }
             (VerifySpec::Check(check_id), _) => Verify::Check(check_id),
-            (VerifySpec::Generation, Instance::SwitchGeneration(number)) => {
-                Verify::Generation(*number)
-            }
+            (
+                VerifySpec::Generation,
+                Instance::SwitchGeneration(number) | Instance::BootGeneration(number),
+            ) => Verify::Generation(*number),
             (VerifySpec::Generation, Instance::ReactivateGeneration) => {
                 Verify::Generation(current_generation?)
             }
@@ -112,6 +123,8 @@ pub enum HealOutcome {
     NoDrift,
     /// Changed and verified.
     Verified,
+    /// The host is rebooting into the new generation; the first run after the boot verifies.
+    AwaitingReboot,
     /// Verification failed; rolled back (or nothing to roll back) and escalated.
     Escalated {
         /// Why the heal failed.
@@ -167,6 +180,7 @@ pub fn heal(
         runbook: request.runbook.id,
         controls: request.runbook.controls,
         instance: &request.instance,
+        pre_observed: Value::Null,
     };
     run.heal(request.verify)
 }
@@ -179,6 +193,7 @@ pub fn recover(
     runbook_of: &dyn Fn(&str) -> Option<&'static Runbook>,
 ) -> Result<usize, EngineError> {
     let open = journal.open_heals()?;
+    let mut finished = 0;
     for heal in &open {
         let runbook = runbook_of(&heal.runbook);
         let controls = runbook.map_or(&[][..], |it| it.controls);
@@ -196,6 +211,7 @@ pub fn recover(
             )
             .map_err(EngineError::Record)?;
             journal.advance(&heal.heal_id, Phase::Done)?;
+            finished += 1;
             continue;
         };
         let mut run = Run {
@@ -205,10 +221,13 @@ pub fn recover(
             runbook: &heal.runbook,
             controls,
             instance: &instance,
+            pre_observed: heal.pre_state["observed"].clone(),
         };
-        run.resume(heal, spec)?;
+        if run.resume(heal, spec)? {
+            finished += 1;
+        }
     }
-    Ok(open.len())
+    Ok(finished)
 }
 
 struct Run<'a> {
@@ -218,6 +237,8 @@ struct Run<'a> {
     runbook: &'a str,
     controls: &'a [&'static str],
     instance: &'a Instance,
+    /// What the pre-observation saw; a rollback is judged by whether it is back.
+    pre_observed: Value,
 }
 
 impl Run<'_> {
@@ -230,9 +251,11 @@ impl Run<'_> {
         };
         let failed_before = self.host.failed_units().unwrap_or_default();
         let before = self.observe(&verify, None);
+        self.pre_observed = before.state.clone();
         let pre_state = json!({
             "observed": before.state,
             "failed_units": failed_before,
+            "boot_id": self.host.boot_id(),
         });
         let drift = !before.healthy;
         self.record_heal(
@@ -261,11 +284,29 @@ impl Run<'_> {
         )?;
         let acted = self.act(self.instance)?;
         self.journal.advance(self.heal_id, Phase::Verifying)?;
+        if let (Instance::BootGeneration(number), Ok(Some(_))) = (self.instance, &acted) {
+            self.record_heal(
+                event::AWAITING_REBOOT,
+                &format!("generation {number} is the boot default and the host is rebooting; the first run after the boot verifies it"),
+                json!({}),
+            )?;
+            return Ok(HealOutcome::AwaitingReboot);
+        }
         self.verify_or_roll_back(&verify, &failed_before, acted)
     }
 
-    /// Finishes an interrupted heal from its journal row.
-    fn resume(&mut self, open: &OpenHeal, spec: VerifySpec) -> Result<(), EngineError> {
+    /// Finishes an interrupted heal from its journal row; `false` when it is left open because
+    /// the reboot it waits for has not happened yet.
+    fn resume(&mut self, open: &OpenHeal, spec: VerifySpec) -> Result<bool, EngineError> {
+        let rebooting = matches!(self.instance, Instance::BootGeneration(_))
+            && open.phase == Some(Phase::Verifying);
+        let same_boot = open.pre_state["boot_id"]
+            .as_str()
+            .is_some_and(|it| self.host.boot_id().as_deref() == Some(it));
+        let waited = jiff::Timestamp::now().duration_since(open.started_at);
+        if rebooting && same_boot && waited < REBOOT_GRACE {
+            return Ok(false);
+        }
         let failed_before: Vec<String> = open.pre_state["failed_units"]
             .as_array()
             .map(|it| {
@@ -287,7 +328,12 @@ impl Run<'_> {
             .and_then(|it| u32::try_from(it).ok());
         let Some(verify) = Verify::from_spec(spec, self.instance, pre_generation) else {
             self.journal.advance(self.heal_id, Phase::Done)?;
-            return Ok(());
+            self.escalate(
+                "an interrupted heal could not be verified (its verification is unknown here)"
+                    .to_string(),
+                false,
+            )?;
+            return Ok(true);
         };
         match open.phase {
             Some(Phase::RollingBack) => {
@@ -299,10 +345,18 @@ impl Run<'_> {
             Some(Phase::Done) => {}
             // The action may or may not have run: the state decides.
             Some(Phase::Acting | Phase::Verifying) | None => {
-                self.verify_or_roll_back(&verify, &failed_before, Ok(None))?;
+                let acted = if rebooting && same_boot {
+                    Err(ActFailure::Failed(format!(
+                        "no reboot within {} min of setting the boot default",
+                        REBOOT_GRACE.as_mins()
+                    )))
+                } else {
+                    Ok(None)
+                };
+                self.verify_or_roll_back(&verify, &failed_before, acted)?;
             }
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Starts a heal unit and records what it reported. `Err(reason)` when the action did not
@@ -428,22 +482,37 @@ impl Run<'_> {
             ),
         };
         self.host.settle();
-        // Re-check after the rollback, so the escalation says what state the host is left in.
+        // Re-check after the rollback: is the state from before the heal back? The escalation
+        // then says what state the host is left in.
         let after = self.observe(verify, None);
+        let restored = restored(verify, &self.pre_observed, &after);
         let mut body = json!({
             "heal_id": self.heal_id,
             "runbook": self.runbook,
             "instance": rollback.to_string(),
             "event": if rolled_back { event::ROLLED_BACK } else { event::ROLLBACK_FAILED },
             "detail": detail,
-            "re_check": { "healthy": after.healthy, "detail": after.detail, "observed": after.state },
+            "re_check": {
+                "restored": restored,
+                "detail": after.detail,
+                "observed": after.state,
+                "before_heal": self.pre_observed,
+            },
         });
         merge(&mut body, fields);
         self.host
             .record(RecordKind::Rollback, self.controls, body)
             .map_err(EngineError::Record)?;
         self.journal.advance(self.heal_id, Phase::Done)?;
-        self.escalate(reason, rolled_back)
+        let reason = if rolled_back && !restored {
+            format!(
+                "{reason}; after the rollback the state from before the heal is not back ({})",
+                after.detail
+            )
+        } else {
+            reason
+        };
+        self.escalate(reason, rolled_back && restored)
     }
 
     fn escalate_without_action(&mut self, reason: String) -> Result<HealOutcome, EngineError> {
@@ -559,6 +628,28 @@ enum ActFailure {
     Failed(String),
 }
 
+/// Whether the state after a rollback is the state before the heal, in the terms of the heal's
+/// verification: the unit running or not as before; the check's status as before (or passing);
+/// the profile and the running system back at the earlier generation.
+fn restored(verify: &Verify, before: &Value, after: &Observation) -> bool {
+    match verify {
+        Verify::UnitActive(_) => {
+            (before["ActiveState"] == "active") == (after.state["ActiveState"] == "active")
+                && after.state.get("error").is_none()
+        }
+        Verify::Check(_) => {
+            after.healthy
+                || (after.state.get("status").is_some()
+                    && before["status"] == after.state["status"])
+        }
+        Verify::Generation(_) => {
+            before["generation"].is_u64()
+                && before["generation"] == after.state["generation"]
+                && after.state["running"] == true
+        }
+    }
+}
+
 /// A state that could not be read is not healthy: a heal that cannot be verified has failed.
 fn unobservable(detail: String) -> Observation {
     Observation {
@@ -598,6 +689,9 @@ mod tests {
         started: Vec<String>,
         records: Vec<(RecordKind, Value)>,
         settled: usize,
+        /// (profile generation, running) answers in order (the last one repeats).
+        generations: VecDeque<(u32, bool)>,
+        boot: String,
     }
 
     fn state(active: &str, invocation: &str) -> UnitState {
@@ -664,7 +758,12 @@ mod tests {
             })
         }
         fn generation(&mut self) -> Result<(u32, bool), String> {
-            Err("not NixOS".into())
+            let next = if self.generations.len() > 1 {
+                self.generations.pop_front()
+            } else {
+                self.generations.front().copied()
+            };
+            next.ok_or_else(|| "not NixOS".to_string())
         }
         fn check(&mut self, _check_id: &'static str) -> Result<Status, String> {
             let next = if self.checks.len() > 1 {
@@ -685,6 +784,9 @@ mod tests {
         }
         fn settle(&mut self) {
             self.settled += 1;
+        }
+        fn boot_id(&mut self) -> Option<String> {
+            Some(self.boot.clone())
         }
     }
 
@@ -1061,5 +1163,115 @@ mod tests {
                 runbook.id
             );
         }
+    }
+
+    #[test]
+    fn a_boot_generation_heal_is_verified_by_the_first_run_after_the_reboot() {
+        let (_dir, journal) = new_journal();
+        let mut host = Scripted {
+            generations: [(2, true)].into(),
+            reports: vec![("boot-generation-3".into(), Ok(true))],
+            boot: "boot-1".into(),
+            ..Scripted::default()
+        };
+        let outcome = heal(
+            &mut host,
+            &journal,
+            &request(ids::SWITCH_GENERATION, Instance::BootGeneration(3)),
+        )
+        .unwrap();
+        assert_eq!(outcome, HealOutcome::AwaitingReboot);
+        assert_eq!(
+            host.events(),
+            [
+                "heal:drift_detected",
+                "heal:attempted",
+                "heal:acted",
+                "heal:awaiting_reboot"
+            ]
+        );
+        assert_eq!(
+            journal.open_heals().unwrap()[0].phase,
+            Some(Phase::Verifying)
+        );
+
+        // Before the reboot (same boot id): left open, nothing recorded, nothing rolled back.
+        host.generations = [(3, false)].into();
+        assert_eq!(recover(&mut host, &journal, &runbooks::find).unwrap(), 0);
+        assert_eq!(host.records.len(), 4);
+        assert_eq!(host.started, ["boot-generation-3"]);
+
+        // After the reboot, running generation 3: verified.
+        host.boot = "boot-2".into();
+        host.generations = [(3, true)].into();
+        assert_eq!(recover(&mut host, &journal, &runbooks::find).unwrap(), 1);
+        assert_eq!(&host.events()[4..], ["heal:resumed", "heal:verified"]);
+        assert!(journal.open_heals().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_boot_into_the_wrong_generation_is_rolled_back_after_the_reboot() {
+        let (_dir, journal) = new_journal();
+        let mut host = Scripted {
+            generations: [(2, true)].into(),
+            reports: vec![
+                ("boot-generation-3".into(), Ok(true)),
+                ("rollback-generation".into(), Ok(true)),
+            ],
+            boot: "boot-1".into(),
+            ..Scripted::default()
+        };
+        heal(
+            &mut host,
+            &journal,
+            &request(ids::SWITCH_GENERATION, Instance::BootGeneration(3)),
+        )
+        .unwrap();
+        // The bootloader fell back: the profile says 3, the running system is not 3.
+        host.boot = "boot-2".into();
+        host.generations = [(3, false), (3, false), (2, true)].into();
+        assert_eq!(recover(&mut host, &journal, &runbooks::find).unwrap(), 1);
+        assert_eq!(
+            &host.events()[4..],
+            [
+                "heal:resumed",
+                "heal:verification_failed",
+                "rollback:rolled_back",
+                "escalation"
+            ]
+        );
+        assert_eq!(host.started, ["boot-generation-3", "rollback-generation"]);
+    }
+
+    #[test]
+    fn a_reboot_that_never_comes_is_judged_after_the_grace_time() {
+        let (_dir, journal) = new_journal();
+        // Begun long ago (a journal row from an earlier run), still the same boot.
+        journal
+            .begin(
+                "order-old",
+                ids::SWITCH_GENERATION,
+                "boot-generation-3",
+                &serde_json::json!({ "boot_id": "boot-1", "observed": { "generation": 2 } }),
+            )
+            .unwrap();
+        journal.advance("order-old", Phase::Verifying).unwrap();
+        journal.backdate_for_tests("order-old", jiff::SignedDuration::from_hours(2));
+        let mut host = Scripted {
+            generations: [(3, false), (3, false), (2, true)].into(),
+            reports: vec![("rollback-generation".into(), Ok(true))],
+            boot: "boot-1".into(),
+            ..Scripted::default()
+        };
+        assert_eq!(recover(&mut host, &journal, &runbooks::find).unwrap(), 1);
+        let escalation = &host.records.last().unwrap().1;
+        assert!(
+            escalation["reason"]
+                .as_str()
+                .unwrap()
+                .contains("no reboot within 30 min"),
+            "{escalation:#}"
+        );
+        assert_eq!(host.started, ["rollback-generation"]);
     }
 }

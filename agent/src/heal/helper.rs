@@ -57,6 +57,10 @@ pub struct HelperPaths {
     pub state_dir: PathBuf,
     /// Nix profiles (`system`, `system-<n>-link`).
     pub profiles: PathBuf,
+    /// Act on the live system: `switch-to-configuration` as a transient unit (`systemd-run`)
+    /// and a real reboot for `boot-generation`. Tests of the profile logic set it false: the
+    /// activation runs directly and the reboot is recorded as skipped, never performed.
+    pub live: bool,
 }
 
 impl Default for HelperPaths {
@@ -66,6 +70,7 @@ impl Default for HelperPaths {
             result_dir: PathBuf::from(RESULT_DIR),
             state_dir: PathBuf::from(STATE_DIR),
             profiles: PathBuf::from(PROFILES_DIR),
+            live: true,
         }
     }
 }
@@ -142,7 +147,8 @@ pub fn run(instance_text: &str, paths: &HelperPaths) -> Result<HelperReport, Hel
         pre_state: Value::Null,
     };
     let outcome = helper.perform(&instance)?;
-    let report = HelperReport {
+    let reboot = outcome.is_ok() && matches!(instance, Instance::BootGeneration(_));
+    let mut report = HelperReport {
         v: REPORT_VERSION,
         instance: instance.to_string(),
         invocation_id: std::env::var("INVOCATION_ID").unwrap_or_default(),
@@ -152,10 +158,34 @@ pub fn run(instance_text: &str, paths: &HelperPaths) -> Result<HelperReport, Hel
         detail: match outcome {
             Ok(detail) | Err(detail) => detail,
         },
-        steps: helper.steps,
-        pre_state: helper.pre_state,
+        steps: std::mem::take(&mut helper.steps),
+        pre_state: helper.pre_state.clone(),
     };
     write_report(&paths.result_dir, &report)?;
+    if reboot {
+        // The report is on disk first: the reboot stops this unit, and the agent (or the agent
+        // after the reboot) must find what was done. `--no-block` queues the reboot and
+        // returns, so a refusal is still reported.
+        let rebooted = if paths.live {
+            helper.command("systemctl", &["reboot", "--no-block"])
+        } else {
+            helper.steps.push(Step {
+                argv: vec!["systemctl".into(), "reboot".into(), "--no-block".into()],
+                exit: 0,
+                stderr: "not performed: the helper is not live (a test)".into(),
+            });
+            Ok(())
+        };
+        if let Err(detail) = rebooted {
+            report.ok = false;
+            report.detail = format!("{}; but the reboot was refused: {detail}", report.detail);
+        }
+        // Written again with the reboot step (atomically: a shutdown racing this leaves the
+        // first report, which already says the boot default is set).
+        report.steps.append(&mut helper.steps);
+        report.finished_at = Timestamp::now();
+        write_report(&paths.result_dir, &report)?;
+    }
     Ok(report)
 }
 
@@ -168,6 +198,15 @@ struct Helper<'a> {
 
 /// What an action ended with: `Ok(detail)` or `Err(detail)`; either way a report is written.
 type Outcome = Result<String, String>;
+
+/// What `switch-to-configuration` is asked for.
+#[derive(Clone, Copy)]
+enum Goal {
+    /// Activate now and make it the boot default.
+    Switch,
+    /// Only make it the boot default (activated by the reboot that follows).
+    Boot,
+}
 
 impl Helper<'_> {
     fn perform(&mut self, instance: &Instance) -> Result<Outcome, HelperError> {
@@ -264,9 +303,9 @@ impl Helper<'_> {
                 let current = self.current_generation()?;
                 self.pre_state = json!({ "generation": current });
                 self.save("generation.pre", &current.to_string())?;
-                Ok(self.switch_to(current))
+                Ok(self.activate(current, Goal::Switch))
             }
-            Instance::SwitchGeneration(target) => {
+            Instance::SwitchGeneration(target) | Instance::BootGeneration(target) => {
                 let current = self.current_generation()?;
                 self.pre_state = json!({ "generation": current });
                 if !self
@@ -279,9 +318,14 @@ impl Helper<'_> {
                     )));
                 }
                 self.save("generation.pre", &current.to_string())?;
+                let goal = if matches!(instance, Instance::BootGeneration(_)) {
+                    Goal::Boot
+                } else {
+                    Goal::Switch
+                };
                 Ok(self
                     .point_profile(*target)
-                    .and_then(|_| self.switch_to(*target)))
+                    .and_then(|_| self.activate(*target, goal)))
             }
             Instance::RollbackGeneration => {
                 let previous = self
@@ -297,7 +341,7 @@ impl Helper<'_> {
                 self.pre_state = json!({ "generation": current, "rolling_back_to": previous });
                 Ok(self
                     .point_profile(previous)
-                    .and_then(|_| self.switch_to(previous)))
+                    .and_then(|_| self.activate(previous, Goal::Switch)))
             }
         }
     }
@@ -437,14 +481,42 @@ impl Helper<'_> {
             })
     }
 
-    fn switch_to(&mut self, number: u32) -> Outcome {
+    /// Runs the generation's `switch-to-configuration` as its own transient unit, as
+    /// `nixos-rebuild` does: outside this unit's sandbox (mounts the activation makes, homes it
+    /// creates) and outside its timeout, so a long activation is never killed half-way.
+    fn activate(&mut self, number: u32, goal: Goal) -> Outcome {
         let program = self
             .generation_link(number)
             .join("bin/switch-to-configuration")
             .display()
             .to_string();
-        self.command(&program, &["switch"])
-            .map(|_| format!("switched to generation {number}"))
+        let verb = match goal {
+            Goal::Switch => "switch",
+            Goal::Boot => "boot",
+        };
+        let ran = if self.paths.live {
+            self.command(
+                "systemd-run",
+                &[
+                    "--collect",
+                    "--no-ask-password",
+                    "--pipe",
+                    "--quiet",
+                    "--wait",
+                    "--service-type=exec",
+                    "--unit=msp-compliance-switch-to-configuration",
+                    "--",
+                    &program,
+                    verb,
+                ],
+            )
+        } else {
+            self.command(&program, &[verb])
+        };
+        ran.map(|()| match goal {
+            Goal::Switch => format!("switched to generation {number}"),
+            Goal::Boot => format!("generation {number} is the boot default; rebooting into it"),
+        })
     }
 
     /// Writes a state file (0600) and returns its path.
@@ -512,6 +584,7 @@ mod tests {
             result_dir: dir.path().join("results"),
             state_dir: dir.path().join("state"),
             profiles: dir.path().join("profiles"),
+            live: false,
         };
         for it in [&paths.result_dir, &paths.state_dir, &paths.profiles] {
             std::fs::create_dir_all(it).unwrap();
@@ -615,5 +688,22 @@ mod tests {
             Err(HelperError::NotDeclared(_))
         ));
         assert_eq!(std::fs::read_dir(&paths.result_dir).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_boot_generation_sets_the_profile_and_the_boot_default_then_asks_for_a_reboot() {
+        let (dir, paths) = tree(&[(2, 0), (3, 0)]);
+        let report = run("boot-generation-3", &paths).unwrap();
+        assert!(report.ok, "{report:?}");
+        assert_eq!(profile(&paths), "system-3-link");
+        let log = std::fs::read_to_string(dir.path().join("switch.log")).unwrap();
+        assert_eq!(log, "3 boot\n");
+        let last = report.steps.last().unwrap();
+        assert_eq!(last.argv, ["systemctl", "reboot", "--no-block"]);
+        assert!(last.stderr.contains("not performed"));
+        // Its rollback switches back live.
+        let report = run("rollback-generation", &paths).unwrap();
+        assert!(report.ok, "{report:?}");
+        assert_eq!(profile(&paths), "system-2-link");
     }
 }

@@ -33,6 +33,9 @@ pub enum Instance {
     ReactivateGeneration,
     /// `switch-generation-<n>`: point the system profile at generation `n` and switch to it.
     SwitchGeneration(u32),
+    /// `boot-generation-<n>`: point the system profile at generation `n`, make it the boot
+    /// default (`switch-to-configuration boot`) and reboot into it.
+    BootGeneration(u32),
     /// `rollback-generation`: point the profile back at the generation before the last switch.
     RollbackGeneration,
 }
@@ -62,6 +65,8 @@ impl Instance {
                     Instance::Backup(plain(job)?)
                 } else if let Some(number) = text.strip_prefix("switch-generation-") {
                     Instance::SwitchGeneration(generation(number)?)
+                } else if let Some(number) = text.strip_prefix("boot-generation-") {
+                    Instance::BootGeneration(generation(number)?)
                 } else {
                     return Err(NotAnInstance);
                 }
@@ -85,9 +90,9 @@ impl Instance {
         match self {
             Instance::Restart(stem) => Some(Instance::RollbackRestart(stem.clone())),
             Instance::RestoreFirewall => Some(Instance::RollbackFirewall),
-            Instance::SwitchGeneration(_) | Instance::ReactivateGeneration => {
-                Some(Instance::RollbackGeneration)
-            }
+            Instance::SwitchGeneration(_)
+            | Instance::BootGeneration(_)
+            | Instance::ReactivateGeneration => Some(Instance::RollbackGeneration),
             _ => None,
         }
     }
@@ -104,6 +109,7 @@ impl fmt::Display for Instance {
             Instance::Backup(job) => write!(f, "backup-{job}"),
             Instance::ReactivateGeneration => f.write_str("reactivate-generation"),
             Instance::SwitchGeneration(number) => write!(f, "switch-generation-{number}"),
+            Instance::BootGeneration(number) => write!(f, "boot-generation-{number}"),
             Instance::RollbackGeneration => f.write_str("rollback-generation"),
         }
     }
@@ -157,6 +163,7 @@ mod tests {
             Instance::Backup("ehr".into()),
             Instance::ReactivateGeneration,
             Instance::SwitchGeneration(42),
+            Instance::BootGeneration(7),
             Instance::RollbackGeneration,
         ];
         for instance in all {
@@ -185,6 +192,8 @@ mod tests {
             "switch-generation-1x",
             "switch-generation-1234567890",
             "switch-generation--1",
+            "boot-generation-0",
+            "boot-generation-",
             "reboot",
             "restore-firewall ",
         ] {

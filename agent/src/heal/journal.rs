@@ -78,6 +78,8 @@ pub struct OpenHeal {
     pub phase: Option<Phase>,
     /// The pre-state snapshot the heal took.
     pub pre_state: Value,
+    /// When the heal began.
+    pub started_at: jiff::Timestamp,
 }
 
 /// Why the journal could not be read or written.
@@ -151,7 +153,7 @@ impl Journal {
         let mut statement = self
             .conn
             .prepare(
-                "SELECT heal_id, runbook, instance, phase, pre_state FROM heals
+                "SELECT heal_id, runbook, instance, phase, pre_state, started_at FROM heals
                  WHERE phase != 'done' ORDER BY started_at, heal_id",
             )
             .map_err(|err| self.error(err))?;
@@ -159,7 +161,10 @@ impl Journal {
             .query_map([], |row| {
                 let phase: String = row.get(3)?;
                 let pre_state: String = row.get(4)?;
+                let started_at: String = row.get(5)?;
                 Ok(OpenHeal {
+                    // Written by `begin` from a Timestamp; a damaged value counts as long ago.
+                    started_at: started_at.parse().unwrap_or(jiff::Timestamp::UNIX_EPOCH),
                     heal_id: row.get(0)?,
                     runbook: row.get(1)?,
                     instance: row.get(2)?,
@@ -183,6 +188,18 @@ impl Journal {
             .optional()
             .map(|it| it.and_then(|phase| Phase::parse(&phase)))
             .map_err(|err| self.error(err))
+    }
+
+    /// Moves a heal's start back by `age` (tests of time-based decisions).
+    #[cfg(test)]
+    pub fn backdate_for_tests(&self, heal_id: &str, age: jiff::SignedDuration) {
+        let started = jiff::Timestamp::now() - age;
+        self.conn
+            .execute(
+                "UPDATE heals SET started_at = ?2 WHERE heal_id = ?1",
+                params![heal_id, started.to_string()],
+            )
+            .unwrap();
     }
 
     fn error(&self, err: rusqlite::Error) -> JournalError {

@@ -174,6 +174,23 @@ impl Systemd {
         })
     }
 
+    /// When the service manager (PID 1) of this boot started, as systemd reports it
+    /// (`UserspaceTimestampMonotonic`), which differs for every boot.
+    pub fn manager_started(&self) -> Result<String, UnitError> {
+        let show = Invocation::new(
+            "systemctl-show-manager",
+            "systemctl",
+            &["show", "--property=UserspaceTimestampMonotonic"],
+        );
+        let output = self.commands.run(&show)?.success(&show)?;
+        Ok(
+            parse_show(&output.stdout_text())["UserspaceTimestampMonotonic"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        )
+    }
+
     /// Units in the `failed` state, sorted.
     pub fn failed_units(&self) -> Result<Vec<String>, UnitError> {
         let list = Invocation::new(
