@@ -44,7 +44,7 @@ nix --version
 agent=${MSP_AGENT:-}
 if [ -z "$agent" ]; then
   cargo build --quiet --locked -p msp-compliance-agent || fail "cargo build of the agent"
-  agent=target/debug/msp-compliance-agent
+  agent=${CARGO_TARGET_DIR:-target}/debug/msp-compliance-agent
 fi
 "$agent" --version
 
