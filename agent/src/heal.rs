@@ -329,3 +329,121 @@ pub fn recover_interrupted(context: &mut Context) -> Result<usize, String> {
     let mut host = DaemonHost::new(context);
     engine::recover(&mut host, &journal, &crate::runbooks::find).map_err(|err| err.to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::runbooks::{self, ParamError};
+
+    fn declared() -> DeclaredHeal {
+        DeclaredHeal {
+            restartable_units: vec!["pacs-bridge.service".into(), "hl7-listener.service".into()],
+            firewall_unit: Some("nftables.service".into()),
+            av_update_unit: None,
+            backup_units: [("ehr".to_string(), "restic-backups-ehr.service".to_string())].into(),
+        }
+    }
+
+    fn planned(
+        id: &str,
+        params: serde_json::Value,
+        declared: Option<&DeclaredHeal>,
+    ) -> Result<Instance, String> {
+        let runbook = runbooks::find(id).unwrap();
+        let params = runbooks::validate_params(runbook, &params).map_err(|it| it.to_string())?;
+        plan(runbook, &params, declared)
+    }
+
+    #[test]
+    fn instances_come_from_the_declared_lists_only() {
+        let declared = declared();
+        let it = |id, params| planned(id, params, Some(&declared));
+        assert_eq!(
+            it(
+                runbook::RESTART_UNIT,
+                json!({"unit": "pacs-bridge.service"})
+            ),
+            Ok(Instance::Restart("pacs-bridge".into()))
+        );
+        assert_eq!(
+            it(runbook::RESTORE_FIREWALL, json!({})),
+            Ok(Instance::RestoreFirewall)
+        );
+        assert_eq!(
+            it(runbook::RUN_BACKUP, json!({"job": "ehr"})),
+            Ok(Instance::Backup("ehr".into()))
+        );
+        assert_eq!(
+            it(
+                runbook::SWITCH_GENERATION,
+                json!({"generation": 12, "reboot": true})
+            ),
+            Ok(Instance::BootGeneration(12))
+        );
+        assert_eq!(
+            it(runbook::SWITCH_GENERATION, json!({"generation": 12})),
+            Ok(Instance::SwitchGeneration(12))
+        );
+        let not_declared = it(runbook::RESTART_UNIT, json!({"unit": "sshd.service"})).unwrap_err();
+        assert!(
+            not_declared.contains("not in declared.json"),
+            "{not_declared}"
+        );
+        assert!(it(runbook::RUN_BACKUP, json!({"job": "photos"})).is_err());
+        assert!(
+            it(runbook::REFRESH_AV_SIGNATURES, json!({}))
+                .unwrap_err()
+                .contains("no antivirus")
+        );
+        // Without a declared heal section nothing is healable.
+        assert!(planned(runbook::RESTORE_FIREWALL, json!({}), None).is_err());
+    }
+
+    #[test]
+    fn unit_names_with_path_or_template_characters_never_reach_a_plan() {
+        let runbook = runbooks::find(runbook::RESTART_UNIT).unwrap();
+        for bad in [
+            "../pacs-bridge.service",
+            "a/b.service",
+            "getty@tty1.service",
+            "-x.service",
+            "x\n.service",
+        ] {
+            let err = runbooks::validate_params(runbook, &json!({"unit": bad})).unwrap_err();
+            assert!(
+                matches!(err, ParamError::Invalid { name: "unit", .. }),
+                "{bad:?}: {err}"
+            );
+            // The message names the parameter, never the text that was sent.
+            assert!(!err.to_string().contains(bad), "{err}");
+        }
+        let err = runbooks::validate_params(runbook, &json!({"unit": "x.service", "shell": "rm"}))
+            .unwrap_err();
+        assert!(matches!(err, ParamError::Unknown { .. }), "{err}");
+        assert!(runbooks::validate_params(runbook, &json!({})).is_err());
+        let switch = runbooks::find(runbook::SWITCH_GENERATION).unwrap();
+        for bad in [
+            json!({"generation": 0}),
+            json!({"generation": 1_000_000_000u64}),
+            json!({"generation": "3"}),
+        ] {
+            assert!(runbooks::validate_params(switch, &bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_dry_run_says_what_it_would_do() {
+        let runbook = runbooks::find(runbook::SWITCH_GENERATION).unwrap();
+        let params =
+            runbooks::validate_params(runbook, &json!({"generation": 7, "reboot": true})).unwrap();
+        let text = describe(runbook, &params).unwrap();
+        assert!(
+            text.contains("generation 7 (as the boot default, then a reboot)"),
+            "{text}"
+        );
+        assert!(text.contains("and escalate"), "{text}");
+        assert!(describe(runbooks::find(runbook::RUN_CHECKS).unwrap(), &params).is_none());
+    }
+}

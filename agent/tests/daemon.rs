@@ -1164,3 +1164,23 @@ fn idle_memory_stays_flat_between_cycles() {
         "anonymous memory grew {growth} KiB over two idle cycles: {samples:?}"
     );
 }
+
+/// SIGTERM sent the moment a cycle ends, while the daemon hands over to its next image: it is
+/// never lost (it would leave systemd waiting for its stop timeout). Each round stops the
+/// daemon right after its first `cycle done`.
+#[test]
+fn sigterm_at_the_end_of_a_cycle_is_never_lost() {
+    let setup = Setup::new();
+    let server = FakeControlPlane::start(setup.pki.server_config(&setup.pki), Mode::Good);
+    let config = setup.write_config(Some(&server.url()), serde_json::json!({}));
+    for round in 0..8 {
+        let mut agent = setup.start(&config, &format!("round-{round}.log"));
+        agent.wait_for_log("cycle done", 1, CYCLE_WAIT);
+        let (status, took, log) = agent.terminate(Duration::from_secs(20));
+        assert_eq!(status.code(), Some(0), "round {round}:\n{log}");
+        assert!(
+            took < Duration::from_secs(5),
+            "round {round}: stop took {took:?}:\n{log}"
+        );
+    }
+}

@@ -129,29 +129,50 @@ fn run_image(config: Config, options: Options) -> Result<daemon::Exit> {
             .context("cannot unblock signals")?;
         // One slot: reload requests that arrive while one is pending collapse into it.
         let (reload_sender, reload_receiver) = mpsc::channel(1);
-        // Forwards SIGHUP to the daemon's reload channel. It ends when the daemon drops the
-        // receiver (the send fails) or with the runtime, after `daemon::run` returns.
-        tokio::spawn(async move {
+        // The signal streams stay owned here (the daemon only borrows them), so a signal that
+        // arrives after the daemon decided to re-execute is still seen below, not lost.
+        let forward_reloads = async {
             while hangup.recv().await.is_some() {
-                if let Err(mpsc::error::TrySendError::Closed(())) = reload_sender.try_send(()) {
-                    return;
-                }
+                // Full: a reload is already pending, this one collapses into it.
+                let _ = reload_sender.try_send(());
             }
-        });
-        let shutdown = async move {
+        };
+        let shutdown = async {
             tokio::select! {
                 _ = terminate.recv() => tracing::info!(signal = "SIGTERM", "shutdown requested"),
                 _ = interrupt.recv() => tracing::info!(signal = "SIGINT", "shutdown requested"),
             }
         };
-        let exit = daemon::run(config, options, reload_receiver, shutdown)
-            .await
-            .map_err(anyhow::Error::from)?;
-        if matches!(exit, daemon::Exit::Reexec { .. }) {
-            // Blocked before the handlers go away with the runtime, so a signal arriving from
-            // here on waits for the next image's handlers.
-            sigprocmask(SigmaskHow::SIG_BLOCK, Some(&handled_signals()), None)
-                .context("cannot block signals for the re-exec")?;
+        let exit = tokio::select! {
+            exit = daemon::run(config, options, reload_receiver, shutdown) => exit,
+            () = forward_reloads => unreachable!("the SIGHUP stream never ends while the runtime runs"),
+        }
+        .map_err(anyhow::Error::from)?;
+        if !matches!(exit, daemon::Exit::Reexec { .. }) {
+            return Ok(exit);
+        }
+        // Blocked before the handlers go away with the runtime, so a signal arriving from here
+        // on waits, pending, for the next image's handlers.
+        sigprocmask(SigmaskHow::SIG_BLOCK, Some(&handled_signals()), None)
+            .context("cannot block signals for the re-exec")?;
+        // One that arrived between the daemon's last look and the block is in tokio's registry:
+        // give its driver a turn to deliver it. A stop ends here; a reload is raised again so it
+        // stays pending across the exec.
+        tokio::select! {
+            biased;
+            _ = terminate.recv() => {
+                tracing::info!(signal = "SIGTERM", "shutdown requested");
+                return Ok(daemon::Exit::Stopped);
+            }
+            _ = interrupt.recv() => {
+                tracing::info!(signal = "SIGINT", "shutdown requested");
+                return Ok(daemon::Exit::Stopped);
+            }
+            _ = hangup.recv() => {
+                nix::sys::signal::raise(nix::sys::signal::Signal::SIGHUP)
+                    .context("cannot keep the reload request for the next image")?;
+            }
+            () = tokio::time::sleep(std::time::Duration::from_millis(10)) => {}
         }
         Ok(exit)
     })
