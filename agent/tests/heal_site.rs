@@ -345,34 +345,20 @@ impl Fixture {
 
     /// The evidence records' predicates, from the agent's own export.
     fn evidence(&self) -> Vec<Value> {
-        let out = self.agent(&["evidence", "export", "--config", CONFIG]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(|line| {
-                let envelope: Value = serde_json::from_str(line).unwrap();
-                let payload = base64::engine::general_purpose::STANDARD
-                    .decode(envelope["payload"].as_str().unwrap())
-                    .unwrap();
-                serde_json::from_slice::<Value>(&payload).unwrap()["predicate"].clone()
-            })
-            .collect()
+        predicates(&self.agent(&["evidence", "export", "--config", CONFIG]))
     }
 
     /// `kind:event` of the records about one heal, in chain order.
     fn heal_events(&self, heal_id: &str) -> Vec<String> {
+        events_of(&self.evidence(), heal_id)
+    }
+
+    /// The record of one heal step.
+    fn step(&self, heal_id: &str, event: &str) -> Value {
         self.evidence()
-            .iter()
-            .filter(|it| it["body"]["heal_id"] == heal_id)
-            .map(|it| match it["body"]["event"].as_str() {
-                Some(event) => format!("{}:{event}", it["kind"].as_str().unwrap()),
-                None => it["kind"].as_str().unwrap().to_string(),
-            })
-            .collect()
+            .into_iter()
+            .find(|it| it["body"]["heal_id"] == heal_id && it["body"]["event"] == event)
+            .unwrap_or_else(|| panic!("no {event} record for {heal_id}"))
     }
 
     fn active(&self, unit: &str) -> String {
@@ -385,6 +371,33 @@ impl Fixture {
         full.extend_from_slice(argv);
         self.site.root(&full)
     }
+}
+
+/// The predicates of an `evidence export` (JSON Lines of DSSE envelopes).
+fn predicates(export: &Output) -> Vec<Value> {
+    assert!(export.status.success(), "{}", stderr(export));
+    String::from_utf8_lossy(&export.stdout)
+        .lines()
+        .map(|line| {
+            let envelope: Value = serde_json::from_str(line).unwrap();
+            let payload = base64::engine::general_purpose::STANDARD
+                .decode(envelope["payload"].as_str().unwrap())
+                .unwrap();
+            serde_json::from_slice::<Value>(&payload).unwrap()["predicate"].clone()
+        })
+        .collect()
+}
+
+/// `kind:event` of the records about one heal, in chain order.
+fn events_of(predicates: &[Value], heal_id: &str) -> Vec<String> {
+    predicates
+        .iter()
+        .filter(|it| it["body"]["heal_id"] == heal_id)
+        .map(|it| match it["body"]["event"].as_str() {
+            Some(event) => format!("{}:{event}", it["kind"].as_str().unwrap()),
+            None => it["kind"].as_str().unwrap().to_string(),
+        })
+        .collect()
 }
 
 /// A one-minute window twelve hours from now: always closed during the test.
@@ -525,19 +538,12 @@ fn heals_against_a_real_systemd() {
             .contains("nixos-fw")
     );
     let id = result["order_id"].as_str().unwrap().to_string();
-    let records = fx.evidence();
-    let verified = records
-        .iter()
-        .find(|it| it["body"]["heal_id"] == id.as_str() && it["body"]["event"] == "verified")
-        .expect("a verified record");
+    let verified = fx.step(&id, "verified");
     assert_eq!(
         verified["body"]["post_state"]["observed"]["status"], "pass",
         "{verified:#}"
     );
-    let drift = records
-        .iter()
-        .find(|it| it["body"]["heal_id"] == id.as_str() && it["body"]["event"] == "drift_detected")
-        .expect("a drift record");
+    let drift = fx.step(&id, "drift_detected");
     assert_eq!(
         drift["body"]["pre_state"]["observed"]["status"], "fail",
         "{drift:#}"
@@ -644,74 +650,47 @@ fn heals_against_a_real_systemd() {
     //    (pacs-bridge still stopped), rolled back and escalated, never a success.
     let dropin =
         "/etc/systemd/system/msp-compliance-heal@restart-pacs-bridge.service.d/broken.conf";
-    fx.site.write_file(
-        dropin,
-        b"[Service]\nExecStart=\nExecStart=/bin/sh -c 'echo not-json > /run/msp-compliance/heal/restart-pacs-bridge.json'\n",
-        0o644,
-    );
-    fx.site.root_ok(&["systemctl", "daemon-reload"]);
-    std::thread::sleep(Duration::from_millis(1100));
-    let (result, code, _) = fx.apply(
-        "restart-unit",
-        json!({"unit": "pacs-bridge.service"}),
-        false,
-    );
-    assert_eq!(code, 1, "{result:#}");
-    let id = result["order_id"].as_str().unwrap().to_string();
-    let records = fx.evidence();
-    let acted = records
-        .iter()
-        .find(|it| it["body"]["heal_id"] == id.as_str() && it["body"]["event"] == "acted")
-        .unwrap();
-    assert!(
-        acted["body"]["error"]
-            .as_str()
-            .unwrap()
-            .contains("not valid"),
-        "{acted:#}"
-    );
-    assert_eq!(fx.heal_events(&id).last().unwrap(), "escalation");
-
-    fx.site.write_file(
-        dropin,
-        b"[Service]\nExecStart=\nExecStart=/bin/sleep 600\n",
-        0o644,
-    );
-    fx.site.root_ok(&["systemctl", "daemon-reload"]);
-    std::thread::sleep(Duration::from_millis(1100));
-    let (result, code, took) = fx.apply(
-        "restart-unit",
-        json!({"unit": "pacs-bridge.service"}),
-        false,
-    );
-    assert_eq!(code, 1, "{result:#}");
-    let id = result["order_id"].as_str().unwrap().to_string();
-    let records = fx.evidence();
-    let acted = records
-        .iter()
-        .find(|it| it["body"]["heal_id"] == id.as_str() && it["body"]["event"] == "acted")
-        .unwrap();
-    assert!(
-        acted["body"]["error"]
-            .as_str()
-            .unwrap()
-            .contains("did not finish"),
-        "{acted:#}"
-    );
-    assert!(
-        took < Duration::from_secs(40),
-        "bounded by heal.unit_timeout_secs: {took:?}"
-    );
-    fx.site.root_ok(&[
-        "systemctl",
-        "stop",
-        "msp-compliance-heal@restart-pacs-bridge.service",
-    ]);
+    for (exec_start, error) in [
+        (
+            "/bin/sh -c 'echo not-json > /run/msp-compliance/heal/restart-pacs-bridge.json'",
+            "not valid",
+        ),
+        ("/bin/sleep 600", "did not finish"),
+    ] {
+        fx.site.write_file(
+            dropin,
+            format!("[Service]\nExecStart=\nExecStart={exec_start}\n").as_bytes(),
+            0o644,
+        );
+        fx.site.root_ok(&["systemctl", "daemon-reload"]);
+        std::thread::sleep(Duration::from_millis(1100));
+        let (result, code, took) = fx.apply(
+            "restart-unit",
+            json!({"unit": "pacs-bridge.service"}),
+            false,
+        );
+        assert_eq!(code, 1, "{result:#}");
+        let id = result["order_id"].as_str().unwrap().to_string();
+        let acted = fx.step(&id, "acted");
+        assert!(
+            acted["body"]["error"].as_str().unwrap().contains(error),
+            "{acted:#}"
+        );
+        assert_eq!(fx.heal_events(&id).last().unwrap(), "escalation");
+        // Bounded by heal.unit_timeout_secs (10 s here) plus the settle times.
+        assert!(took < Duration::from_secs(40), "{exec_start}: {took:?}");
+        fx.site.root_ok(&[
+            "systemctl",
+            "stop",
+            "msp-compliance-heal@restart-pacs-bridge.service",
+        ]);
+    }
     fx.site.root_ok(&["rm", "-f", dropin]);
 
     // 8. The agent killed mid-heal: the restart takes 4 s (a slow ExecStartPre); the agent,
-    //    running as `msp-compliance.service` like on a host, is killed while it waits. `heal status` shows the interrupted heal; `heal recover` finds
-    //    the unit up and records the heal verified. Nothing ends in silence.
+    //    running as `msp-compliance.service` like on a host, is killed while it waits.
+    //    `heal status` shows the interrupted heal; `heal recover` finds the unit up and
+    //    records the heal verified. Nothing ends in silence.
     fx.site.write_file(
         "/etc/systemd/system/pacs-bridge.service.d/slow.conf",
         b"[Service]\nExecStartPre=/bin/sleep 4\n",
@@ -942,23 +921,7 @@ fn heal_events_of(site: &Site, heal_id: &str) -> Vec<String> {
     let out = site.root(&[
         "runuser", "-u", AGENT_USER, "--", AGENT, "evidence", "export", "--config", CONFIG,
     ]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|line| {
-            let envelope: Value = serde_json::from_str(line).ok()?;
-            let payload = base64::engine::general_purpose::STANDARD
-                .decode(envelope["payload"].as_str()?)
-                .ok()?;
-            let predicate = serde_json::from_slice::<Value>(&payload).ok()?["predicate"].clone();
-            (predicate["body"]["heal_id"] == heal_id).then(|| {
-                match predicate["body"]["event"].as_str() {
-                    Some(event) => format!("{}:{event}", predicate["kind"].as_str().unwrap_or("?")),
-                    None => predicate["kind"].as_str().unwrap_or("?").to_string(),
-                }
-            })
-        })
-        .collect()
+    events_of(&predicates(&out), heal_id)
 }
 
 /// A window around now (two hours each side), so disruptive orders are admitted.

@@ -812,6 +812,12 @@ mod tests {
         }
     }
 
+    /// Runs the `restart-unit` heal of `unit` on the scripted host.
+    fn restart(host: &mut Scripted, journal: &Journal, unit: &str) -> HealOutcome {
+        let request = request(ids::RESTART_UNIT, Instance::restart(unit).unwrap());
+        heal(host, journal, &request).unwrap()
+    }
+
     fn new_journal() -> (tempfile::TempDir, Journal) {
         let dir = tempfile::tempdir().unwrap();
         let journal = Journal::open(&journal_path(dir.path())).unwrap();
@@ -894,12 +900,7 @@ mod tests {
             ],
             ..Scripted::default()
         };
-        let outcome = heal(
-            &mut host,
-            &journal,
-            &request(ids::RESTART_UNIT, Instance::restart("hl7.service").unwrap()),
-        )
-        .unwrap();
+        let outcome = restart(&mut host, &journal, "hl7.service");
         assert!(
             matches!(
                 outcome,
@@ -943,12 +944,7 @@ mod tests {
             ],
             ..Scripted::default()
         };
-        let outcome = heal(
-            &mut host,
-            &journal,
-            &request(ids::RESTART_UNIT, Instance::restart("x.service").unwrap()),
-        )
-        .unwrap();
+        let outcome = restart(&mut host, &journal, "x.service");
         let HealOutcome::Escalated { reason, .. } = outcome else {
             panic!("{outcome:?}");
         };
@@ -963,12 +959,7 @@ mod tests {
             reports: Vec::new(),
             ..Scripted::default()
         };
-        let outcome = heal(
-            &mut host,
-            &journal,
-            &request(ids::RESTART_UNIT, Instance::restart("x.service").unwrap()),
-        )
-        .unwrap();
+        let outcome = restart(&mut host, &journal, "x.service");
         assert!(matches!(
             outcome,
             HealOutcome::Escalated {

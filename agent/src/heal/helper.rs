@@ -237,14 +237,7 @@ impl Helper<'_> {
                     .map(|()| format!("{unit}: {verb} (state before the heal)")))
             }
             Instance::RestoreFirewall => {
-                let unit = self
-                    .declared_heal()?
-                    .firewall_unit
-                    .clone()
-                    .filter(|it| crate::heal::instance::service_stem(it).is_ok())
-                    .ok_or_else(|| {
-                        HelperError::NotDeclared("declared.json names no firewall unit".into())
-                    })?;
+                let unit = self.declared_unit(|it| it.firewall_unit, "no firewall unit")?;
                 match self.capture("nft", &["list", "ruleset"]) {
                     Ok(ruleset) => {
                         self.save("firewall.pre.nft", &ruleset)?;
@@ -273,28 +266,16 @@ impl Helper<'_> {
                     .map(|()| "loaded the ruleset from before the restore".to_string()))
             }
             Instance::RefreshAv => {
-                let unit = self
-                    .declared_heal()?
-                    .av_update_unit
-                    .clone()
-                    .filter(|it| crate::heal::instance::service_stem(it).is_ok())
-                    .ok_or_else(|| {
-                        HelperError::NotDeclared("declared.json names no AV update unit".into())
-                    })?;
+                let unit = self.declared_unit(|it| it.av_update_unit, "no AV update unit")?;
                 Ok(self
                     .command("systemctl", &["start", "--", &unit])
                     .map(|()| format!("ran {unit}")))
             }
             Instance::Backup(job) => {
-                let unit = self
-                    .declared_heal()?
-                    .backup_units
-                    .get(job)
-                    .cloned()
-                    .filter(|it| crate::heal::instance::service_stem(it).is_ok())
-                    .ok_or_else(|| {
-                        HelperError::NotDeclared(format!("declared.json has no backup job {job}"))
-                    })?;
+                let unit = self.declared_unit(
+                    |mut it| it.backup_units.remove(job),
+                    &format!("no backup job {job}"),
+                )?;
                 Ok(self
                     .command("systemctl", &["start", "--", &unit])
                     .map(|()| format!("ran backup job {job} ({unit})")))
@@ -362,6 +343,18 @@ impl Helper<'_> {
         self.declared()?
             .heal
             .ok_or_else(|| HelperError::NotDeclared("declared.json has no heal section".into()))
+    }
+
+    /// The unit the declared heal section names for an action (`pick`), if it is a plain
+    /// `<name>.service`; `missing` completes "declared.json has …" otherwise.
+    fn declared_unit(
+        &self,
+        pick: impl FnOnce(DeclaredHeal) -> Option<String>,
+        missing: &str,
+    ) -> Result<String, HelperError> {
+        pick(self.declared_heal()?)
+            .filter(|it| crate::heal::instance::service_stem(it).is_ok())
+            .ok_or_else(|| HelperError::NotDeclared(format!("declared.json has {missing}")))
     }
 
     /// `<stem>.service`, if the generation lists it as restartable.
