@@ -248,7 +248,7 @@ pub struct State {
 pub async fn run(
     config: Config,
     options: Options,
-    mut reload: mpsc::Receiver<()>,
+    reload: &mut mpsc::Receiver<()>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<Exit, DaemonError> {
     let mut config_bytes = options.config_bytes.clone();

@@ -128,7 +128,7 @@ fn run_image(config: Config, options: Options) -> Result<daemon::Exit> {
         sigprocmask(SigmaskHow::SIG_UNBLOCK, Some(&handled_signals()), None)
             .context("cannot unblock signals")?;
         // One slot: reload requests that arrive while one is pending collapse into it.
-        let (reload_sender, reload_receiver) = mpsc::channel(1);
+        let (reload_sender, mut reload_receiver) = mpsc::channel(1);
         // The signal streams stay owned here (the daemon only borrows them), so a signal that
         // arrives after the daemon decided to re-execute is still seen below, not lost.
         let forward_reloads = async {
@@ -144,7 +144,7 @@ fn run_image(config: Config, options: Options) -> Result<daemon::Exit> {
             }
         };
         let exit = tokio::select! {
-            exit = daemon::run(config, options, reload_receiver, shutdown) => exit,
+            exit = daemon::run(config, options, &mut reload_receiver, shutdown) => exit,
             () = forward_reloads => unreachable!("the SIGHUP stream never ends while the runtime runs"),
         }
         .map_err(anyhow::Error::from)?;
@@ -172,7 +172,13 @@ fn run_image(config: Config, options: Options) -> Result<daemon::Exit> {
                 nix::sys::signal::raise(nix::sys::signal::Signal::SIGHUP)
                     .context("cannot keep the reload request for the next image")?;
             }
-            () = tokio::time::sleep(std::time::Duration::from_millis(10)) => {}
+            () = tokio::time::sleep(std::time::Duration::from_millis(10)) => {
+                // Forwarded, but the daemon had already finished its cycle: not lost either.
+                if reload_receiver.try_recv().is_ok() {
+                    nix::sys::signal::raise(nix::sys::signal::Signal::SIGHUP)
+                        .context("cannot keep the reload request for the next image")?;
+                }
+            }
         }
         Ok(exit)
     })
