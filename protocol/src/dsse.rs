@@ -88,15 +88,20 @@ pub enum DsseError {
 /// DSSE's pre-authentication encoding.
 pub fn pae(payload_type: &str, payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(payload.len() + payload_type.len() + 32);
+    pae_head(&mut out, payload_type, payload.len());
+    out.extend_from_slice(payload);
+    out
+}
+
+/// Appends the PAE up to the payload (which the caller appends, or decodes in place).
+pub(crate) fn pae_head(out: &mut Vec<u8>, payload_type: &str, payload_len: usize) {
     out.extend_from_slice(b"DSSEv1 ");
     out.extend_from_slice(payload_type.len().to_string().as_bytes());
     out.push(b' ');
     out.extend_from_slice(payload_type.as_bytes());
     out.push(b' ');
-    out.extend_from_slice(payload.len().to_string().as_bytes());
+    out.extend_from_slice(payload_len.to_string().as_bytes());
     out.push(b' ');
-    out.extend_from_slice(payload);
-    out
 }
 
 /// The key id of a public key: lowercase hex SHA-256 of its 32 raw bytes.
@@ -257,6 +262,56 @@ pub fn canonical_bytes(envelope: &Envelope) -> Vec<u8> {
     out
 }
 
+/// The envelope whose canonical JSON is exactly `bytes`, when every string in it is written
+/// verbatim (no escapes: base64, hex and a media type, the form [`canonical_bytes`] assembles
+/// directly); None for anything else, which the caller then parses in full.
+///
+/// Some(envelope) means what a JSON parse of `bytes` followed by a comparison of
+/// `canonical_bytes` with `bytes` would find, without building the JSON or the canonical copy:
+/// reading the fixed layout in order is the comparison. Stored and exported records are in
+/// this form, so verifying a chain rarely takes the long way.
+pub fn parse_canonical(bytes: &[u8]) -> Option<Envelope> {
+    let rest = bytes.strip_prefix(b"{\"payload\":\"")?;
+    let (payload, rest) = verbatim_string(rest)?;
+    let rest = rest.strip_prefix(b",\"payloadType\":\"")?;
+    let (payload_type, rest) = verbatim_string(rest)?;
+    let mut rest = rest.strip_prefix(b",\"signatures\":[")?;
+    let mut signatures = Vec::with_capacity(1);
+    if rest != b"]}" {
+        loop {
+            rest = rest.strip_prefix(b"{\"keyid\":\"")?;
+            let (keyid, after) = verbatim_string(rest)?;
+            let after = after.strip_prefix(b",\"sig\":\"")?;
+            let (sig, after) = verbatim_string(after)?;
+            signatures.push(Signature {
+                keyid: keyid.to_string(),
+                sig: sig.to_string(),
+            });
+            match after {
+                b"}]}" => break,
+                _ => rest = after.strip_prefix(b"},")?,
+            }
+        }
+    }
+    Some(Envelope {
+        payload_type: payload_type.to_string(),
+        payload: payload.to_string(),
+        signatures,
+    })
+}
+
+/// The text up to the next quote, and what follows that quote, if the text is one that JCS
+/// writes verbatim: valid UTF-8 with no byte that needs an escape (a quote ends it; a backslash
+/// or a control character means the string is not in the verbatim form).
+fn verbatim_string(bytes: &[u8]) -> Option<(&str, &[u8])> {
+    let end = crate::jcs::first_escape(bytes)?;
+    if bytes[end] != b'"' {
+        return None;
+    }
+    let text = std::str::from_utf8(&bytes[..end]).ok()?;
+    Some((text, &bytes[end + 1..]))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -380,6 +435,67 @@ mod tests {
             envelope.payload = format!("{odd}{}", "x".repeat(40));
             check(&envelope);
         }
+    }
+
+    /// `parse_canonical` finds an envelope exactly when parsing the bytes and writing them in
+    /// canonical form gives the same bytes (for envelopes whose strings need no escape), and
+    /// then the same envelope; checked on canonical envelopes and on every one-byte edit,
+    /// insertion and deletion of a few.
+    #[test]
+    fn parse_canonical_agrees_with_parsing_and_canonicalizing() {
+        let check = |bytes: &[u8]| {
+            let full = serde_json::from_slice::<Envelope>(bytes)
+                .ok()
+                .filter(|it| canonical_bytes(it) == bytes);
+            let verbatim = full.as_ref().is_some_and(|it| {
+                crate::jcs::is_verbatim(&it.payload)
+                    && crate::jcs::is_verbatim(&it.payload_type)
+                    && it.signatures.iter().all(|sig| {
+                        crate::jcs::is_verbatim(&sig.keyid) && crate::jcs::is_verbatim(&sig.sig)
+                    })
+            });
+            let fast = parse_canonical(bytes);
+            match (&fast, verbatim) {
+                (Some(_), _) => assert_eq!(fast, full, "{:?}", String::from_utf8_lossy(bytes)),
+                (None, true) => panic!("missed {:?}", String::from_utf8_lossy(bytes)),
+                (None, false) => {}
+            }
+        };
+        let mut envelope = sign(IN_TOTO_PAYLOAD_TYPE, b"{\"a\":[1,2]}", &key(1));
+        let one = canonical_bytes(&envelope);
+        envelope.signatures.push(
+            sign(IN_TOTO_PAYLOAD_TYPE, b"x", &key(2))
+                .signatures
+                .remove(0),
+        );
+        let two = canonical_bytes(&envelope);
+        envelope.signatures.clear();
+        let none = canonical_bytes(&envelope);
+        envelope.payload = String::new();
+        let empty = canonical_bytes(&envelope);
+        for bytes in [&one, &two, &none, &empty] {
+            assert!(parse_canonical(bytes).is_some());
+            check(bytes);
+            for at in 0..bytes.len() {
+                let mut removed = bytes.clone();
+                removed.remove(at);
+                check(&removed);
+                for byte in [
+                    b'"', b'\\', b' ', b'\n', 0x01, b',', b'}', b']', b'A', 0xc3, 0xff,
+                ] {
+                    let mut edited = bytes.clone();
+                    edited[at] = byte;
+                    check(&edited);
+                    let mut inserted = bytes.clone();
+                    inserted.insert(at, byte);
+                    check(&inserted);
+                }
+            }
+        }
+        // Non-ASCII text and trailing bytes.
+        check("{\"payload\":\"é\",\"payloadType\":\"t\",\"signatures\":[]}".as_bytes());
+        check(b"{\"payload\":\"\",\"payloadType\":\"t\",\"signatures\":[]} ");
+        check(b"{\"payload\":\"\",\"payloadType\":\"t\",\"signatures\":[]}}");
     }
 
     #[test]

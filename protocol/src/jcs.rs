@@ -42,23 +42,38 @@ pub fn to_vec(value: &Value) -> Result<Vec<u8>, JcsError> {
 
 /// Canonical text of a JSON value.
 pub(crate) fn to_string(value: &Value) -> Result<String, JcsError> {
-    let mut out = String::new();
-    write_value(&mut out, value, None)?;
-    Ok(out)
+    let mut writer = Writer {
+        out: String::new(),
+        splice: None,
+        mark: None,
+        marked_at: None,
+    };
+    writer.write_value(value)?;
+    Ok(writer.out)
 }
 
 /// Canonical text of `value` in which the node `at` (found by address, so it must be a node
 /// *inside* `value`) is written as `canonical`, the canonical text of the value that belongs
 /// there. Lets a caller canonicalize a large member once, hash it, and splice it into its
 /// container instead of canonicalizing it a second time.
+///
+/// Also returns the offset in the text at which the node `mark` (found by address too) starts,
+/// if it is written: a caller that will overwrite that node's bytes later (a record's `prev`,
+/// known only when the record before it is signed) finds them without searching the text.
 pub(crate) fn to_string_splicing(
     value: &Value,
     at: &Value,
     canonical: &str,
-) -> Result<String, JcsError> {
-    let mut out = String::with_capacity(canonical.len() + 1024);
-    write_value(&mut out, value, Some((at, canonical)))?;
-    Ok(out)
+    mark: Option<&Value>,
+) -> Result<(String, Option<usize>), JcsError> {
+    let mut writer = Writer {
+        out: String::with_capacity(canonical.len() + 1024),
+        splice: Some((at, canonical)),
+        mark,
+        marked_at: None,
+    };
+    writer.write_value(value)?;
+    Ok((writer.out, writer.marked_at))
 }
 
 /// Canonical text of a serializable value (serialized to JSON first).
@@ -69,58 +84,71 @@ pub fn to_vec_of<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, JcsError> {
     to_vec(&value)
 }
 
-fn write_value(
-    out: &mut String,
-    value: &Value,
-    splice: Option<(&Value, &str)>,
-) -> Result<(), JcsError> {
-    if let Some((at, canonical)) = splice
-        && std::ptr::eq(value, at)
-    {
-        out.push_str(canonical);
-        return Ok(());
-    }
-    match value {
-        Value::Null => out.push_str("null"),
-        Value::Bool(true) => out.push_str("true"),
-        Value::Bool(false) => out.push_str("false"),
-        Value::Number(number) => write_number(out, number)?,
-        Value::String(text) => write_string(out, text),
-        Value::Array(items) => {
-            out.push('[');
-            for (idx, item) in items.iter().enumerate() {
-                if idx > 0 {
-                    out.push(',');
-                }
-                write_value(out, item, splice)?;
-            }
-            out.push(']');
+/// The canonical text being written, with the node to splice in and the node to locate.
+struct Writer<'v> {
+    out: String,
+    /// A node (by address) and the canonical text written in its place.
+    splice: Option<(&'v Value, &'v str)>,
+    /// A node (by address) whose offset in `out` is wanted, and that offset once written.
+    mark: Option<&'v Value>,
+    marked_at: Option<usize>,
+}
+
+impl Writer<'_> {
+    fn write_value(&mut self, value: &Value) -> Result<(), JcsError> {
+        if let Some(mark) = self.mark
+            && std::ptr::eq(value, mark)
+        {
+            self.marked_at = Some(self.out.len());
         }
-        Value::Object(members) => {
-            let mut sorted: Vec<(&String, &Value)> = members.iter().collect();
-            // UTF-8 byte order is UTF-16 order unless a key holds a character at or above
-            // U+E000 (lead byte 0xEE or more); members usually come in byte order already (a
-            // `BTreeMap`), so the UTF-16 sort is only needed when that does not hold.
-            let in_order = sorted.windows(2).all(|it| it[0].0 < it[1].0)
-                && sorted
-                    .iter()
-                    .all(|(name, _)| name.bytes().all(|b| b < 0xee));
-            if !in_order {
-                sorted.sort_by(|(a, _), (b, _)| a.encode_utf16().cmp(b.encode_utf16()));
-            }
-            out.push('{');
-            for (idx, (name, member)) in sorted.into_iter().enumerate() {
-                if idx > 0 {
-                    out.push(',');
-                }
-                write_string(out, name);
-                out.push(':');
-                write_value(out, member, splice)?;
-            }
-            out.push('}');
+        if let Some((at, canonical)) = self.splice
+            && std::ptr::eq(value, at)
+        {
+            self.out.push_str(canonical);
+            return Ok(());
         }
+        match value {
+            Value::Null => self.out.push_str("null"),
+            Value::Bool(true) => self.out.push_str("true"),
+            Value::Bool(false) => self.out.push_str("false"),
+            Value::Number(number) => write_number(&mut self.out, number)?,
+            Value::String(text) => write_string(&mut self.out, text),
+            Value::Array(items) => {
+                self.out.push('[');
+                for (idx, item) in items.iter().enumerate() {
+                    if idx > 0 {
+                        self.out.push(',');
+                    }
+                    self.write_value(item)?;
+                }
+                self.out.push(']');
+            }
+            Value::Object(members) => {
+                let mut sorted: Vec<(&String, &Value)> = members.iter().collect();
+                // UTF-8 byte order is UTF-16 order unless a key holds a character at or above
+                // U+E000 (lead byte 0xEE or more); members usually come in byte order already (a
+                // `BTreeMap`), so the UTF-16 sort is only needed when that does not hold.
+                let in_order = sorted.windows(2).all(|it| it[0].0 < it[1].0)
+                    && sorted
+                        .iter()
+                        .all(|(name, _)| name.bytes().all(|b| b < 0xee));
+                if !in_order {
+                    sorted.sort_by(|(a, _), (b, _)| a.encode_utf16().cmp(b.encode_utf16()));
+                }
+                self.out.push('{');
+                for (idx, (name, member)) in sorted.into_iter().enumerate() {
+                    if idx > 0 {
+                        self.out.push(',');
+                    }
+                    write_string(&mut self.out, name);
+                    self.out.push(':');
+                    self.write_value(member)?;
+                }
+                self.out.push('}');
+            }
+        }
+        Ok(())
     }
-    Ok(())
 }
 
 fn write_number(out: &mut String, number: &serde_json::Number) -> Result<(), JcsError> {
@@ -214,7 +242,7 @@ fn needs_escape(byte: u8) -> bool {
 ///
 /// Evidence payloads are kilobytes of base64 and prose with few escapes; scanning 16 bytes at a
 /// time without an early exit inside a block lets the compiler use vector instructions.
-fn first_escape(bytes: &[u8]) -> Option<usize> {
+pub(crate) fn first_escape(bytes: &[u8]) -> Option<usize> {
     let mut blocks = bytes.chunks_exact(16);
     let mut offset = 0;
     for block in &mut blocks {

@@ -19,16 +19,20 @@ use ed25519_dalek::SigningKey;
 use jiff::Timestamp;
 use msp_compliance_protocol::dsse::Envelope;
 use msp_compliance_protocol::evidence::{
-    Author, CanonicalBody, CheckpointBody, Draft, Position, RecordError, RecordKind, seal_canonical,
+    Author, CheckpointBody, Draft, PreparedRecord, RecordError, RecordKind, SealedRecord,
+    SealingKey, prepare,
 };
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
-use sha2::{Digest, Sha256};
 
-/// Batches at least this long are sealed on a second thread while the first inserts.
+/// Batches at least this long are prepared, signed and inserted on three threads at once.
 const PIPELINE_MIN_DRAFTS: usize = 16;
 
-/// Sealed records handed from the sealing thread to the inserting one at a time.
-const PIPELINE_CHUNK: usize = 8;
+/// Records handed from one pipeline stage to the next at a time: one hand-over per record
+/// costs more in wake-ups than the work it feeds, and a long chunk delays the first signature.
+const PIPELINE_CHUNK: usize = 4;
+
+/// Chunks a pipeline stage may run ahead of the next, which bounds the memory of a long batch.
+const PIPELINE_DEPTH: usize = 8;
 
 /// Schema version (SQLite `user_version`). Version 2 dropped the `UNIQUE` index on
 /// `records.digest`: nothing looks records up by digest, and distinct seqs give distinct
@@ -252,7 +256,7 @@ impl Store {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(|source| sqlite(&path, source))?;
-        let mut head: Option<(u64, String)> = tx
+        let head: Option<(u64, String)> = tx
             .query_row(
                 "SELECT seq, digest FROM records ORDER BY seq DESC LIMIT 1",
                 [],
@@ -261,74 +265,92 @@ impl Store {
             .optional()
             .map_err(|source| sqlite(&path, source))?;
         let drafts = build(head.as_ref());
+        let key = &SealingKey::new(key);
+        let first_seq = head.as_ref().map_or(0, |(seq, _)| seq + 1);
+        let mut prev = head.map(|(_, digest)| digest);
         let mut res = Vec::with_capacity(drafts.len());
         {
             let mut insert = tx
                 .prepare_cached("INSERT INTO records (seq, digest, kind, recorded_at, envelope) VALUES (?1, ?2, ?3, ?4, ?5)")
                 .map_err(|source| sqlite(&path, source))?;
-            let mut insert_one = |sealed: Sealed| -> Result<(), StoreError> {
-                insert
-                    .execute(params![
-                        sealed.seq as i64,
-                        sealed.digest,
-                        sealed.kind.as_str(),
-                        now.as_second(),
-                        sealed.bytes
-                    ])
-                    .map_err(|source| sqlite(&path, source))?;
-                res.push(Appended {
-                    seq: sealed.seq,
-                    digest: sealed.digest,
-                });
-                Ok(())
-            };
+            let mut insert_one =
+                |kind: RecordKind, sealed: SealedRecord| -> Result<(), StoreError> {
+                    insert
+                        .execute(params![
+                            sealed.seq as i64,
+                            sealed.digest,
+                            kind.as_str(),
+                            now.as_second(),
+                            sealed.bytes
+                        ])
+                        .map_err(|source| sqlite(&path, source))?;
+                    res.push(Appended {
+                        seq: sealed.seq,
+                        digest: sealed.digest,
+                    });
+                    Ok(())
+                };
             if drafts.len() < PIPELINE_MIN_DRAFTS {
-                for draft in drafts.iter() {
-                    let body = CanonicalBody::of(draft)?;
-                    let sealed = seal_next(draft, &body, &mut head, author, now, key)?;
-                    insert_one(sealed)?;
+                for (draft, seq) in drafts.iter().zip(first_seq..) {
+                    let sealed = prepare(draft, seq, author, now, key)?.seal(prev.as_deref())?;
+                    prev = Some(sealed.digest.clone());
+                    insert_one(draft.kind, sealed)?;
                 }
             } else {
-                // A batch: bodies are canonicalized in parallel (they do not depend on the
-                // chain), then one thread signs in chain order while this one inserts, so
-                // signing and SQLite overlap. Signing is inherently sequential: each record
-                // names the digest of the previous envelope, signature included.
-                let bodies = canonical_bodies(&drafts)?;
+                // A batch: signing is inherently sequential (each record names the digest of
+                // the previous envelope, signature included), so it gets a thread of its own
+                // and does only what depends on the previous record (`PreparedRecord::seal`).
+                // One thread prepares the records ahead of it (canonical JSON, base64 and
+                // hashes of everything before `prev`), and this one inserts behind it.
+                let drafts = &drafts;
                 std::thread::scope(|scope| -> Result<(), StoreError> {
-                    // Sealed records travel in small chunks: one hand-over per record costs
-                    // more in wake-ups than the insert it feeds.
-                    let (sender, receiver) =
-                        std::sync::mpsc::sync_channel::<Result<Vec<Sealed>, RecordError>>(8);
-                    let drafts = &drafts;
-                    let mut sealer_head = head.clone();
+                    let (prepared_sender, prepared_receiver) = std::sync::mpsc::sync_channel::<
+                        Result<Vec<PreparedRecord<'_>>, RecordError>,
+                    >(PIPELINE_DEPTH);
+                    let (sealed_sender, sealed_receiver) = std::sync::mpsc::sync_channel::<
+                        Result<Vec<(RecordKind, SealedRecord)>, RecordError>,
+                    >(PIPELINE_DEPTH);
                     scope.spawn(move || {
-                        let mut chunk = Vec::with_capacity(PIPELINE_CHUNK);
-                        for (draft, body) in drafts.iter().zip(&bodies) {
-                            match seal_next(draft, body, &mut sealer_head, author, now, key) {
-                                Ok(sealed) => chunk.push(sealed),
-                                Err(err) => {
-                                    let _ = sender.send(Err(err));
-                                    return;
-                                }
-                            }
-                            if chunk.len() == PIPELINE_CHUNK {
-                                let full = std::mem::replace(
-                                    &mut chunk,
-                                    Vec::with_capacity(PIPELINE_CHUNK),
-                                );
-                                // The receiver only hangs up after an insert failed; stop then.
-                                if sender.send(Ok(full)).is_err() {
-                                    return;
-                                }
+                        for (chunk, first) in drafts
+                            .chunks(PIPELINE_CHUNK)
+                            .zip((first_seq..).step_by(PIPELINE_CHUNK))
+                        {
+                            let prepared: Result<Vec<_>, _> = chunk
+                                .iter()
+                                .zip(first..)
+                                .map(|(draft, seq)| prepare(draft, seq, author, now, key))
+                                .collect();
+                            let failed = prepared.is_err();
+                            // The receiver only hangs up after a later stage failed; stop then.
+                            if prepared_sender.send(prepared).is_err() || failed {
+                                return;
                             }
                         }
-                        let _ = sender.send(Ok(chunk));
                     });
-                    // Every draft arrives here, or an error does; a panicking sealer closes the
+                    scope.spawn(move || {
+                        for prepared in prepared_receiver {
+                            let sealed = prepared.and_then(|chunk| {
+                                chunk
+                                    .into_iter()
+                                    .map(|record| {
+                                        let kind = record.kind();
+                                        let sealed = record.seal(prev.as_deref())?;
+                                        prev = Some(sealed.digest.clone());
+                                        Ok((kind, sealed))
+                                    })
+                                    .collect()
+                            });
+                            let failed = sealed.is_err();
+                            if sealed_sender.send(sealed).is_err() || failed {
+                                return;
+                            }
+                        }
+                    });
+                    // Every draft arrives here, or an error does; a panicking stage closes its
                     // channel early and `scope` then carries its panic on.
-                    for chunk in receiver {
-                        for sealed in chunk? {
-                            insert_one(sealed)?;
+                    for chunk in sealed_receiver {
+                        for (kind, sealed) in chunk? {
+                            insert_one(kind, sealed)?;
                         }
                     }
                     Ok(())
@@ -541,90 +563,6 @@ fn sqlite(path: &Path, source: rusqlite::Error) -> StoreError {
     }
 }
 
-/// A sealed record ready to insert.
-struct Sealed {
-    seq: u64,
-    digest: String,
-    kind: RecordKind,
-    bytes: Vec<u8>,
-}
-
-/// Seals `draft` after `head` and moves `head` to it.
-fn seal_next(
-    draft: &Draft,
-    body: &CanonicalBody,
-    head: &mut Option<(u64, String)>,
-    author: &Author,
-    now: Timestamp,
-    key: &SigningKey,
-) -> Result<Sealed, RecordError> {
-    let position = match head.as_ref() {
-        Some((seq, digest)) => Position {
-            seq: seq + 1,
-            prev: Some(digest.clone()),
-        },
-        None => Position { seq: 0, prev: None },
-    };
-    let envelope = seal_canonical(draft, body, &position, author, now, key)?;
-    // Stored as the canonical bytes whose SHA-256 is the digest, so anyone can recompute a
-    // digest from an exported line.
-    let bytes = msp_compliance_protocol::dsse::canonical_bytes(&envelope);
-    // `dsse::digest` by definition, without serializing the envelope a second time.
-    let digest = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
-    *head = Some((position.seq, digest.clone()));
-    Ok(Sealed {
-        seq: position.seq,
-        digest,
-        kind: draft.kind,
-        bytes,
-    })
-}
-
-/// Canonical bodies of many drafts: on all cores when the bodies are large (findings with
-/// their facts, kilobytes each), on this thread when they are small, where starting threads
-/// would cost more than it saves.
-fn canonical_bodies(drafts: &[Draft]) -> Result<Vec<CanonicalBody>, RecordError> {
-    /// Canonical size of the first body from which the rest are done in parallel.
-    const PARALLEL_MIN_BODY_BYTES: usize = 1024;
-    let Some(first) = drafts.first() else {
-        return Ok(Vec::new());
-    };
-    let first = CanonicalBody::of(first)?;
-    if first.len() < PARALLEL_MIN_BODY_BYTES {
-        let mut res = Vec::with_capacity(drafts.len());
-        res.push(first);
-        for draft in &drafts[1..] {
-            res.push(CanonicalBody::of(draft)?);
-        }
-        return Ok(res);
-    }
-    let drafts = &drafts[1..];
-    let threads = std::thread::available_parallelism()
-        .map(|it| it.get())
-        .unwrap_or(1)
-        .clamp(1, 8);
-    let chunk = drafts.len().div_ceil(threads).max(1);
-    std::thread::scope(|scope| {
-        let workers: Vec<_> = drafts
-            .chunks(chunk)
-            .map(|part| scope.spawn(move || part.iter().map(CanonicalBody::of).collect::<Vec<_>>()))
-            .collect();
-        let mut res = Vec::with_capacity(drafts.len() + 1);
-        res.push(first);
-        for worker in workers {
-            // A worker only canonicalizes JSON; it cannot panic short of a bug, and then the
-            // panic is carried on rather than hidden.
-            let part = worker
-                .join()
-                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-            for body in part {
-                res.push(body?);
-            }
-        }
-        Ok(res)
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use msp_compliance_protocol::dsse;
@@ -720,6 +658,41 @@ mod tests {
             })
             .unwrap();
         assert_eq!(verifier.finish().unwrap().n_records, 1 + big.len() as u64);
+    }
+
+    /// Pins the bytes `append` stores on both paths (one by one, and a batch that is
+    /// canonicalized on several threads and sealed on a second one): the head digest names
+    /// every byte of every record before it through `prev`. Recorded from the code before the
+    /// batch path was reworked for speed; a change here is a change of the wire format.
+    #[test]
+    fn appended_bytes_are_pinned() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("e.sqlite")).unwrap();
+        let key = SigningKey::from_bytes(&[5; 32]);
+        let now: Timestamp = "2026-11-27T12:00:00.5Z".parse().unwrap();
+        let large = |n: u64| Draft {
+            kind: RecordKind::Check,
+            baseline: None,
+            controls: vec!["164.312(b)".into()],
+            body: json!({
+                "n": n,
+                "facts": (0..30).map(|it| json!({"path": format!("/etc/f{it}"), "ratio": it as f64 / 3.0, "note": "caf\u{e9} \"x\"\n"})).collect::<Vec<_>>(),
+            }),
+        };
+        store.append(&[draft(0)], &author(), now, &key).unwrap();
+        let batch: Vec<Draft> = (1..=40).map(large).collect();
+        store.append(&batch, &author(), now, &key).unwrap();
+        store
+            .append(&[large(41), draft(42)], &author(), now, &key)
+            .unwrap();
+        assert_eq!(
+            store.head().unwrap(),
+            Some((
+                42,
+                "sha256:d972761cb2529d7037ac2acf9eb4ff7721cf7c85ad60daeb636e09f922505b12"
+                    .to_string()
+            ))
+        );
     }
 
     #[test]

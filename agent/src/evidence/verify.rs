@@ -6,7 +6,9 @@
 //! every core over a window of records (`protocol::evidence::open_many`, which checks signatures
 //! in batches and gives exactly `open`'s result per record); the stateful half (seq, `prev`, the
 //! pin) then runs in input order (`ChainVerifier::push_link`), so the verdict and the record
-//! it names are those of feeding the records one by one to `ChainVerifier::push`.
+//! it names are those of feeding the records one by one to `ChainVerifier::push`. The next
+//! window is read while one is checked, and a stored record in canonical form is read by its
+//! fixed layout (`dsse::parse_canonical`) rather than parsed as JSON and written back to compare.
 //!
 //! A record's digest is SHA-256 of its bytes as stored or exported, and those bytes must be the
 //! envelope's RFC 8785 canonical form: that is the rule an auditor applies without our code
@@ -31,6 +33,8 @@ use crate::evidence::store::{Store, StoreError, StoredRecord};
 const WINDOW: usize = 2_048;
 /// Below this many records in a window, threads cost more than they save.
 const MIN_PARALLEL: usize = 64;
+/// Records a worker checks at a time: two signature batches, a few milliseconds of work.
+const WORK_UNIT: usize = 128;
 /// Longest line accepted from a JSON Lines file.
 const MAX_LINE_BYTES: usize = 16 * 1024 * 1024;
 /// How far past a gap the verifier looks for the missing records, to tell a reorder from a
@@ -216,19 +220,27 @@ fn verify_in_windows(
     let mut chain = ChainVerifier::new(trusted, pin.clone());
     let mut keyids = BTreeSet::new();
     let mut index: u64 = 0;
-    let mut window = Vec::with_capacity(window_size);
+    let mut next = read_window(&mut records, window_size);
     loop {
-        window.clear();
-        while window.len() < window_size {
-            match records.next() {
-                Some(record) => window.push(record?),
-                None => break,
-            }
-        }
+        // A read error surfaces here, after every record before the window it hit is checked,
+        // as if the records were read one by one.
+        let window = match next {
+            (records, None) => records,
+            (_, Some(err)) => return Err(err),
+        };
         if window.is_empty() {
             break;
         }
-        let prepared = prepare_window(&window, trusted, index, threads);
+        // Reading (SQLite or a file) is the one serial step before the checks; the window is
+        // checked on worker threads while this thread reads the next one, so the cores do not
+        // wait for it.
+        let (prepared, read) = std::thread::scope(|scope| {
+            let worker = scope.spawn(|| prepare_window(&window, trusted, index, threads));
+            let read = read_window(&mut records, window_size);
+            (worker.join(), read)
+        });
+        let prepared = prepared.unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        next = read;
         for (offset, (record, prepared)) in window.iter().zip(prepared).enumerate() {
             let Prepared { digest, outcome } = prepared;
             let fail = |problem| {
@@ -245,11 +257,16 @@ fn verify_in_windows(
                     ChainError::Gap {
                         previous, found, ..
                     } => {
+                        // The records after this one: the rest of the window, the next window
+                        // (read already), then the input; a read error ends the search.
+                        let (read_ahead, error) = &next;
+                        let readable = if error.is_some() { 0 } else { usize::MAX };
                         let rest = window[offset + 1..]
                             .iter()
+                            .chain(read_ahead)
                             .cloned()
                             .map(Ok)
-                            .chain(records.by_ref());
+                            .chain(records.by_ref().take(readable));
                         find_later(rest, trusted, previous + 1, found - 1)
                     }
                     _ => None,
@@ -281,6 +298,23 @@ fn verify_in_windows(
         ));
     }
     Ok(Verdict { summary, keyids })
+}
+
+/// The next `size` records (fewer at the end of the input), up to the first read error if
+/// there is one: the records before it are not checked, but a gap's search for missing records
+/// still looks at them.
+fn read_window(
+    records: &mut impl Iterator<Item = Result<RawRecord, VerifyError>>,
+    size: usize,
+) -> (Vec<RawRecord>, Option<VerifyError>) {
+    let mut window = Vec::with_capacity(size);
+    for record in records.take(size) {
+        match record {
+            Ok(record) => window.push(record),
+            Err(err) => return (window, Some(err)),
+        }
+    }
+    (window, None)
 }
 
 /// Every record of a store from seq 0, in order, read in bounded pages.
@@ -424,27 +458,48 @@ fn prepare_window(
     if threads <= 1 || window.len() < MIN_PARALLEL {
         return prepare_slice(window, trusted, first_index);
     }
-    let chunk = window.len().div_ceil(threads);
+    // Workers take units from a shared counter rather than a fixed share each: a worker that
+    // shares its core (with the reader, or another process) takes fewer, so no core idles
+    // while the last share is finished.
+    let units: Vec<(&[RawRecord], u64)> = window
+        .chunks(WORK_UNIT)
+        .zip((first_index..).step_by(WORK_UNIT))
+        .collect();
+    let next_unit = std::sync::atomic::AtomicUsize::new(0);
+    let mut done: Vec<Option<Vec<Prepared>>> = units.iter().map(|_| None).collect();
     std::thread::scope(|scope| {
-        let handles: Vec<_> = window
-            .chunks(chunk)
-            .zip((first_index..).step_by(chunk))
-            .map(|(slice, start)| scope.spawn(move || prepare_slice(slice, trusted, start)))
+        let workers: Vec<_> = (0..threads.min(units.len()))
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut finished = Vec::new();
+                    loop {
+                        let unit = next_unit.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some((slice, start)) = units.get(unit) else {
+                            return finished;
+                        };
+                        finished.push((unit, prepare_slice(slice, trusted, *start)));
+                    }
+                })
+            })
             .collect();
-        let mut res = Vec::with_capacity(window.len());
-        for (handle, (slice, start)) in handles
-            .into_iter()
-            .zip(window.chunks(chunk).zip((first_index..).step_by(chunk)))
-        {
-            // A panic in a worker would be a bug in a parser; redo that slice on this thread
-            // so it surfaces here with its own message instead of being swallowed.
-            match handle.join() {
-                Ok(prepared) => res.extend(prepared),
-                Err(_) => res.extend(prepare_slice(slice, trusted, start)),
+        for worker in workers {
+            if let Ok(finished) = worker.join() {
+                for (unit, prepared) in finished {
+                    done[unit] = Some(prepared);
+                }
             }
         }
-        res
-    })
+    });
+    // A unit left undone had its worker panic, which would be a bug in a parser; it is redone
+    // on this thread so the panic surfaces here with its own message instead of being
+    // swallowed.
+    units
+        .iter()
+        .zip(done)
+        .flat_map(|((slice, start), prepared)| {
+            prepared.unwrap_or_else(|| prepare_slice(slice, trusted, *start))
+        })
+        .collect()
 }
 
 /// The independent half for consecutive records: each record's own checks, then their
@@ -488,6 +543,11 @@ fn parse_record(record: &RawRecord, digest: &str, index: u64) -> Result<Envelope
             stored: stored.clone(),
             computed: digest.to_string(),
         });
+    }
+    // Stored and exported records are canonical, and reading that layout directly is the same
+    // check as parsing the JSON and comparing its canonical form with the bytes.
+    if let Some(envelope) = dsse::parse_canonical(&record.bytes) {
+        return Ok(envelope);
     }
     let envelope: Envelope =
         serde_json::from_slice(&record.bytes).map_err(|err| Problem::NotEnvelope {
@@ -625,6 +685,51 @@ mod tests {
             err.contains("seq 3 comes later, at store row seq 3: records are out of order"),
             "{err}"
         );
+        // Across a window boundary: the missing record is in the window read ahead.
+        let last = TEST_WINDOW as u64 - 1;
+        let mut records = chain(2 * TEST_WINDOW as u64 + 5, &key);
+        records.swap(TEST_WINDOW - 1, TEST_WINDOW);
+        let err = run(records, &key).unwrap_err().to_string();
+        assert!(
+            err.contains(&format!("records {last} are missing")),
+            "{err}"
+        );
+        assert!(
+            err.contains(&format!(
+                "seq {last} comes later, at store row seq {last}: records are out of order"
+            )),
+            "{err}"
+        );
+    }
+
+    /// A read error is reported once every record before it is checked, and a bad record
+    /// before it is reported instead, although the window holding the error is read while the
+    /// one before it is checked.
+    #[test]
+    fn read_errors_come_in_input_order() {
+        let key = SigningKey::from_bytes(&[4; 32]);
+        let records = chain(3 * TEST_WINDOW as u64, &key);
+        let failing = |records: Vec<RawRecord>| {
+            let n_before = TEST_WINDOW + 7;
+            records
+                .into_iter()
+                .take(n_before)
+                .map(Ok)
+                .chain(std::iter::once(Err(VerifyError::Io {
+                    what: "input".into(),
+                    source: std::io::Error::other("disk on fire"),
+                })))
+        };
+        let verify = |records| {
+            verify_in_windows(failing(records), &[key.verifying_key()], None, TEST_WINDOW)
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(verify(records.clone()).contains("disk on fire"));
+        let mut damaged = records;
+        damaged[TEST_WINDOW - 2].stored_digest = Some("sha256:00".into());
+        let err = verify(damaged);
+        assert!(err.contains("digest column says sha256:00"), "{err}");
     }
 
     #[test]
