@@ -13,9 +13,6 @@ use crate::heal::helper::{self, HelperError, HelperPaths};
 use crate::heal::journal::{Journal, journal_path};
 use crate::orders::ClockState;
 
-/// Largest order file read.
-const MAX_ORDER_FILE_BYTES: u64 = 1 << 20;
-
 #[derive(Debug, clap::Subcommand)]
 pub enum OrderCommand {
     /// Apply one signed order (a DSSE envelope as JSON) through every guardrail.
@@ -69,7 +66,8 @@ pub fn run_order_command(command: OrderCommand, out: &mut dyn Write) -> Result<u
     if finished > 0 {
         eprintln!("finished {finished} interrupted heals first");
     }
-    let bytes = read_bounded(&order)?;
+    // The one bounded reader of documents: 1 MiB, errors name the file.
+    let bytes = crate::config::read_document(&order)?;
     let envelope: Envelope = serde_json::from_slice(&bytes)
         .with_context(|| format!("{}: not a DSSE envelope", order.display()))?;
     // No check-in here: the server's time is unknown, so a disruptive order is refused
@@ -142,19 +140,4 @@ pub fn run_heal_unit(args: HealUnitArgs, out: &mut dyn Write) -> Result<u8> {
             Ok(2)
         }
     }
-}
-
-fn read_bounded(path: &Path) -> Result<Vec<u8>> {
-    use std::io::Read;
-    let mut bytes = Vec::new();
-    std::fs::File::open(path)
-        .with_context(|| format!("cannot open {}", path.display()))?
-        .take(MAX_ORDER_FILE_BYTES + 1)
-        .read_to_end(&mut bytes)?;
-    anyhow::ensure!(
-        bytes.len() as u64 <= MAX_ORDER_FILE_BYTES,
-        "{}: larger than {MAX_ORDER_FILE_BYTES} bytes",
-        path.display()
-    );
-    Ok(bytes)
 }

@@ -245,8 +245,9 @@ impl Run<'_> {
     fn heal(&mut self, spec: VerifySpec) -> Result<HealOutcome, EngineError> {
         let current_generation = self.host.generation().ok().map(|it| it.0);
         let Some(verify) = Verify::from_spec(spec, self.instance, current_generation) else {
-            return self.escalate_without_action(
+            return self.escalate(
                 "this instance has no verification; it cannot be run as a heal".to_string(),
+                false,
             );
         };
         let failed_before = self.host.failed_units().unwrap_or_default();
@@ -513,10 +514,6 @@ impl Run<'_> {
             reason
         };
         self.escalate(reason, rolled_back && restored)
-    }
-
-    fn escalate_without_action(&mut self, reason: String) -> Result<HealOutcome, EngineError> {
-        self.escalate(reason, false)
     }
 
     fn escalate(&mut self, reason: String, rolled_back: bool) -> Result<HealOutcome, EngineError> {

@@ -8,6 +8,7 @@ use serde_json::{Map, Value};
 
 use crate::facts::FactError;
 use crate::facts::command::{CommandSource, Invocation};
+use crate::facts::fs::Root;
 use crate::heal::helper::{HelperReport, REPORT_VERSION};
 use crate::heal::instance::Instance;
 
@@ -96,14 +97,13 @@ impl Systemd {
         // A failed oneshot still writes its report (the action failed, and says how); a unit
         // that failed before the helper could write has none, and `systemctl`'s words say why.
         let path = self.result_dir.join(format!("{instance}.json"));
-        let bytes = match read_bounded(&path) {
+        let bytes = match Root::live().read_bounded(&path, MAX_REPORT_BYTES) {
             Ok(it) => it,
             Err(err) => {
                 return Err(UnitError::NoReport {
                     unit,
                     why: format!(
-                        "{}: {err}; systemctl exited {}: {}",
-                        path.display(),
+                        "{err}; systemctl exited {}: {}",
                         output.status,
                         stderr.trim()
                     ),
@@ -231,18 +231,4 @@ pub fn parse_show(text: &str) -> Value {
 /// `Interactive authentication required` (no rule said yes).
 fn is_refusal(stderr: &str) -> bool {
     stderr.contains("Access denied") || stderr.contains("authentication required")
-}
-
-fn read_bounded(path: &std::path::Path) -> std::io::Result<Vec<u8>> {
-    use std::io::Read;
-    let mut bytes = Vec::new();
-    std::fs::File::open(path)?
-        .take(MAX_REPORT_BYTES + 1)
-        .read_to_end(&mut bytes)?;
-    if bytes.len() as u64 > MAX_REPORT_BYTES {
-        return Err(std::io::Error::other(format!(
-            "larger than {MAX_REPORT_BYTES} bytes"
-        )));
-    }
-    Ok(bytes)
 }
