@@ -278,7 +278,7 @@ fn a_full_disk_is_a_clear_error_and_loses_nothing() {
         "MSP_REAL_TOOLS=1 but not root: the disk-full test mounts a tmpfs"
     );
     let dir = tempfile::tempdir().unwrap();
-    let tmpfs = Tmpfs::mount(dir.path().join("small"), "512k");
+    let tmpfs = Tmpfs::mount(dir.path().join("small"), "4m");
     let path = tmpfs.path.join("evidence.sqlite");
     let key = SigningKey::from_bytes(&[11; 32]);
     let author = Author {
@@ -305,7 +305,7 @@ fn a_full_disk_is_a_clear_error_and_loses_nothing() {
             }
         }
     }
-    let failure = failure.expect("a 512 KiB filesystem filled up");
+    let failure = failure.expect("a 4 MiB filesystem filled up");
     assert!(
         matches!(failure, StoreError::DiskFull { .. }),
         "expected DiskFull, got {failure:?}"
@@ -315,7 +315,7 @@ fn a_full_disk_is_a_clear_error_and_loses_nothing() {
         message.contains("disk full") && message.contains("nothing earlier is lost"),
         "{message}"
     );
-    // Each durable commit adds whole pages to the WAL, so a few dozen records fill 512 KiB.
+    // Each durable commit adds whole 64 KiB pages to the WAL, so a few dozen records fill 4 MiB.
     assert!(accepted.len() >= 10, "only {} records fit", accepted.len());
     // Still full: a second attempt fails the same way and breaks nothing.
     let again = store.append(

@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256, Sha512};
 
+use crate::batch;
 use crate::dsse::{self, DsseError, Envelope, IN_TOTO_PAYLOAD_TYPE};
 use crate::finding::BaselineRef;
 
@@ -763,9 +764,11 @@ pub fn open(envelope: &Envelope, trusted: &[VerifyingKey]) -> Result<Opened, Ope
     parse_opened(verified.payload(), verified.keyid())
 }
 
-/// Signatures checked per Ed25519 batch: large enough to amortize the multiscalar
-/// multiplication, small enough that a failed batch costs few single re-verifications.
-const SIGNATURE_BATCH: usize = 64;
+/// Signatures checked per Ed25519 batch: large enough that the multiscalar multiplication
+/// (`n + 2` points for one key) takes Pippenger's method, which curve25519-dalek picks from 190
+/// points and is about 10 % cheaper per point here than Straus's at 64 signatures; small enough
+/// that a failed batch costs few single re-verifications.
+const SIGNATURE_BATCH: usize = 256;
 
 /// [`open`] for many envelopes at once, with the same results, about twice as fast.
 ///
@@ -791,7 +794,7 @@ pub fn open_many(
         message: Vec<u8>,
         payload_len: usize,
         signature: Ed25519Signature,
-        key: VerifyingKey,
+        key: usize,
     }
     let keyids: Vec<String> = trusted.iter().map(dsse::keyid).collect();
     let mut res: Vec<Option<Result<Link, OpenError>>> =
@@ -837,7 +840,7 @@ pub fn open_many(
                 payload_len,
                 message,
                 signature: Ed25519Signature::from_bytes(&sig),
-                key: trusted[key],
+                key,
             })
         })();
         match candidate {
@@ -845,12 +848,17 @@ pub fn open_many(
             None => res[idx] = Some(open(envelope, trusted).map(|it| it.link())),
         }
     }
-    for batch in candidates.chunks(SIGNATURE_BATCH) {
-        let messages: Vec<&[u8]> = batch.iter().map(|it| it.message.as_slice()).collect();
-        let signatures: Vec<Ed25519Signature> = batch.iter().map(|it| it.signature).collect();
-        let keys: Vec<VerifyingKey> = batch.iter().map(|it| it.key).collect();
-        let all_valid = ed25519_dalek::verify_batch(&messages, &signatures, &keys).is_ok();
-        for candidate in batch {
+    for chunk in candidates.chunks(SIGNATURE_BATCH) {
+        let items: Vec<batch::Item<'_>> = chunk
+            .iter()
+            .map(|it| batch::Item {
+                message: &it.message,
+                signature: &it.signature,
+                key: it.key,
+            })
+            .collect();
+        let all_valid = batch::verify(&items, trusted);
+        for candidate in chunk {
             let envelope = envelopes[candidate.idx];
             res[candidate.idx] = Some(if all_valid {
                 // The payload is the tail of the PAE message, exactly as signed.
@@ -869,8 +877,13 @@ pub fn open_many(
 /// What [`parse_opened`] accepts, reduced to the record's [`Link`]: the body is checked to be
 /// JSON but not built, which is most of the work of opening a large record.
 fn parse_link(payload: &[u8], keyid: &str) -> Result<Link, OpenError> {
-    let statement: Statement<CheckedJson> =
-        serde_json::from_slice(payload).map_err(|err| OpenError::NotEvidence(err.to_string()))?;
+    // One UTF-8 check of the whole payload, then a parser that trusts it, instead of one check
+    // per string; invalid UTF-8 is refused by the slice parser, with its message.
+    let statement: Statement<CheckedJson> = match std::str::from_utf8(payload) {
+        Ok(text) => serde_json::from_str(text),
+        Err(_) => serde_json::from_slice(payload),
+    }
+    .map_err(|err| OpenError::NotEvidence(err.to_string()))?;
     check_types(&statement)?;
     let predicate = statement.predicate;
     Ok(Link {

@@ -32,6 +32,7 @@
 #![deny(missing_docs)]
 
 pub mod api;
+mod batch;
 pub mod dsse;
 pub mod evidence;
 pub mod finding;

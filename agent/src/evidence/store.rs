@@ -155,7 +155,13 @@ impl Store {
     pub fn open(path: &Path) -> Result<Store, StoreError> {
         // WAL: readers (export, the outbox) never block the writer; FULL: a commit is on disk
         // before it returns, which is the promise `append` makes.
-        let conn = crate::durable::open(path, SCHEMA, SCHEMA_VERSION).map_err(|err| match err {
+        let conn = crate::durable::open(
+            path,
+            SCHEMA,
+            SCHEMA_VERSION,
+            crate::durable::Layout::AppendLog,
+        )
+        .map_err(|err| match err {
             crate::durable::OpenError::SchemaTooNew { found, .. } => StoreError::SchemaTooNew {
                 path: path.to_path_buf(),
                 found,

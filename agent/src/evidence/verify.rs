@@ -33,8 +33,8 @@ use crate::evidence::store::{Store, StoreError, StoredRecord};
 const WINDOW: usize = 2_048;
 /// Below this many records in a window, threads cost more than they save.
 const MIN_PARALLEL: usize = 64;
-/// Records a worker checks at a time: two signature batches, a few milliseconds of work.
-const WORK_UNIT: usize = 128;
+/// Records a worker checks at a time: one signature batch, a few milliseconds of work.
+const WORK_UNIT: usize = 256;
 /// Longest line accepted from a JSON Lines file.
 const MAX_LINE_BYTES: usize = 16 * 1024 * 1024;
 /// How far past a gap the verifier looks for the missing records, to tell a reorder from a

@@ -99,11 +99,16 @@ pub struct Journal {
 impl Journal {
     /// Opens (or creates) the journal.
     pub fn open(path: &Path) -> Result<Journal, JournalError> {
-        let conn =
-            crate::durable::open(path, SCHEMA, SCHEMA_VERSION).map_err(|err| JournalError {
-                path: path.to_path_buf(),
-                message: err.to_string(),
-            })?;
+        let conn = crate::durable::open(
+            path,
+            SCHEMA,
+            SCHEMA_VERSION,
+            crate::durable::Layout::SmallRows,
+        )
+        .map_err(|err| JournalError {
+            path: path.to_path_buf(),
+            message: err.to_string(),
+        })?;
         Ok(Journal {
             conn,
             path: path.to_path_buf(),

@@ -106,7 +106,13 @@ impl OrderMemory {
     /// Opens (or creates, mode 0600) the memory and brings its schema up to date.
     pub fn open(path: &Path) -> Result<OrderMemory, MemoryError> {
         // FULL: a commit is on disk before `admit` returns an order to execute.
-        let conn = crate::durable::open(path, SCHEMA, SCHEMA_VERSION).map_err(|err| match err {
+        let conn = crate::durable::open(
+            path,
+            SCHEMA,
+            SCHEMA_VERSION,
+            crate::durable::Layout::SmallRows,
+        )
+        .map_err(|err| match err {
             crate::durable::OpenError::SchemaTooNew { found, .. } => MemoryError::SchemaTooNew {
                 path: path.to_path_buf(),
                 found,
