@@ -43,7 +43,9 @@ pub fn to_vec(value: &Value) -> Result<Vec<u8>, JcsError> {
 /// Canonical text of a JSON value.
 pub(crate) fn to_string(value: &Value) -> Result<String, JcsError> {
     let mut writer = Writer {
-        out: String::new(),
+        // Most of what is canonicalized is a record's body of a few KiB; growing from empty
+        // would copy it about ten times.
+        out: String::with_capacity(4096),
         splice: None,
         mark: None,
         marked_at: None,
@@ -124,30 +126,35 @@ impl Writer<'_> {
                 self.out.push(']');
             }
             Value::Object(members) => {
-                let mut sorted: Vec<(&String, &Value)> = members.iter().collect();
-                // UTF-8 byte order is UTF-16 order unless a key holds a character at or above
-                // U+E000 (lead byte 0xEE or more); members usually come in byte order already (a
-                // `BTreeMap`), so the UTF-16 sort is only needed when that does not hold.
-                let in_order = sorted.windows(2).all(|it| it[0].0 < it[1].0)
-                    && sorted
-                        .iter()
-                        .all(|(name, _)| name.bytes().all(|b| b < 0xee));
-                if !in_order {
-                    sorted.sort_by(|(a, _), (b, _)| a.encode_utf16().cmp(b.encode_utf16()));
-                }
                 self.out.push('{');
-                for (idx, (name, member)) in sorted.into_iter().enumerate() {
-                    if idx > 0 {
-                        self.out.push(',');
+                // serde_json's map is a `BTreeMap` (its `preserve_order` feature is off, which
+                // a test pins), so members come in UTF-8 byte order: that is UTF-16 order unless
+                // a key holds a character at or above U+E000 (lead byte 0xEE or more), and only
+                // then are they sorted again.
+                if members.keys().all(|name| name.bytes().all(|b| b < 0xee)) {
+                    for (idx, (name, member)) in members.iter().enumerate() {
+                        self.write_member(idx, name, member)?;
                     }
-                    write_string(&mut self.out, name);
-                    self.out.push(':');
-                    self.write_value(member)?;
+                } else {
+                    let mut sorted: Vec<(&String, &Value)> = members.iter().collect();
+                    sorted.sort_by(|(a, _), (b, _)| a.encode_utf16().cmp(b.encode_utf16()));
+                    for (idx, (name, member)) in sorted.into_iter().enumerate() {
+                        self.write_member(idx, name, member)?;
+                    }
                 }
                 self.out.push('}');
             }
         }
         Ok(())
+    }
+
+    fn write_member(&mut self, idx: usize, name: &str, member: &Value) -> Result<(), JcsError> {
+        if idx > 0 {
+            self.out.push(',');
+        }
+        write_string(&mut self.out, name);
+        self.out.push(':');
+        self.write_value(member)
     }
 }
 
@@ -394,6 +401,21 @@ mod tests {
         );
         let too_big: Value = serde_json::from_str("9007199254740993").unwrap();
         assert!(matches!(to_vec(&too_big), Err(JcsError::UnsafeInteger(_))));
+    }
+
+    #[test]
+    fn serde_json_maps_iterate_in_byte_order() {
+        // `write_value` writes members in the map's order unless a key needs the UTF-16 sort:
+        // that order must be byte order, which it is while no crate in the build turns on
+        // serde_json's `preserve_order`.
+        let value: Value = serde_json::from_str(r#"{"b":1,"a":2,"\u00e9":3,"A":4}"#).unwrap();
+        let keys: Vec<&str> = value
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(keys, ["A", "a", "b", "\u{e9}"]);
     }
 
     #[test]
