@@ -15,6 +15,7 @@
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 
+use crate::durable::{self, Layout, OpenError};
 use ed25519_dalek::SigningKey;
 use jiff::Timestamp;
 use msp_compliance_protocol::dsse::Envelope;
@@ -155,19 +156,15 @@ impl Store {
     pub fn open(path: &Path) -> Result<Store, StoreError> {
         // WAL: readers (export, the outbox) never block the writer; FULL: a commit is on disk
         // before it returns, which is the promise `append` makes.
-        let conn = crate::durable::open(
-            path,
-            SCHEMA,
-            SCHEMA_VERSION,
-            crate::durable::Layout::AppendLog,
-        )
-        .map_err(|err| match err {
-            crate::durable::OpenError::SchemaTooNew { found, .. } => StoreError::SchemaTooNew {
-                path: path.to_path_buf(),
-                found,
+        let conn = durable::open(path, SCHEMA, SCHEMA_VERSION, Layout::AppendLog).map_err(
+            |err| match err {
+                OpenError::SchemaTooNew { found, .. } => StoreError::SchemaTooNew {
+                    path: path.to_path_buf(),
+                    found,
+                },
+                OpenError::Sqlite(source) => sqlite(path, source),
             },
-            crate::durable::OpenError::Sqlite(source) => sqlite(path, source),
-        })?;
+        )?;
         Ok(Store {
             conn,
             path: path.to_path_buf(),

@@ -10,6 +10,7 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::durable::{self, Layout, OpenError};
 use jiff::Timestamp;
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 
@@ -106,19 +107,15 @@ impl OrderMemory {
     /// Opens (or creates, mode 0600) the memory and brings its schema up to date.
     pub fn open(path: &Path) -> Result<OrderMemory, MemoryError> {
         // FULL: a commit is on disk before `admit` returns an order to execute.
-        let conn = crate::durable::open(
-            path,
-            SCHEMA,
-            SCHEMA_VERSION,
-            crate::durable::Layout::SmallRows,
-        )
-        .map_err(|err| match err {
-            crate::durable::OpenError::SchemaTooNew { found, .. } => MemoryError::SchemaTooNew {
-                path: path.to_path_buf(),
-                found,
+        let conn = durable::open(path, SCHEMA, SCHEMA_VERSION, Layout::SmallRows).map_err(
+            |err| match err {
+                OpenError::SchemaTooNew { found, .. } => MemoryError::SchemaTooNew {
+                    path: path.to_path_buf(),
+                    found,
+                },
+                OpenError::Sqlite(source) => sqlite(path, source),
             },
-            crate::durable::OpenError::Sqlite(source) => sqlite(path, source),
-        })?;
+        )?;
         Ok(OrderMemory {
             conn,
             path: path.to_path_buf(),
