@@ -262,48 +262,76 @@ fn statement_payload(
     let retain_until = recorded_at
         .checked_add(jiff::SignedDuration::from_hours(24 * RETENTION_DAYS))
         .unwrap_or(Timestamp::MAX);
-    let statement = Statement {
-        statement_type: STATEMENT_TYPE.to_string(),
-        subject: vec![Subject {
-            name: format!(
-                "{}/{}/{}/{}",
-                author.site_id.as_deref().unwrap_or("-"),
-                author.host_id,
-                draft.kind.as_str(),
-                position.seq
-            ),
-            digest: BTreeMap::from([("sha256".to_string(), body.sha256_hex.clone())]),
-        }],
-        predicate_type: EVIDENCE_PREDICATE_TYPE.to_string(),
-        predicate: Predicate {
-            kind: draft.kind,
-            seq: position.seq,
-            prev: position.prev.clone(),
-            site_id: author.site_id.clone(),
-            host_id: author.host_id.clone(),
-            agent_version: author.agent_version.clone(),
-            recorded_at,
-            retain_until,
-            baseline: draft.baseline.clone(),
-            controls: draft.controls.clone(),
-            body: Value::Null,
-        },
-    };
-    // The body (kilobytes of facts) is canonicalized once, in `CanonicalBody::of`: the
-    // statement is converted with a null body, and the body's canonical text is spliced in at
-    // that node while the statement is written.
-    let value = serde_json::to_value(&statement).map_err(|_| crate::jcs::JcsError::NotFinite)?;
-    let predicate = value.get("predicate");
-    match predicate.and_then(|it| it.get("body")) {
-        Some(node) => Ok(crate::jcs::to_string_splicing(
-            &value,
-            node,
-            &body.text,
-            predicate.and_then(|it| it.get("prev")),
-        )?),
-        // A `Predicate` always serializes its `body` member; this arm is never taken.
-        None => Ok((crate::jcs::to_string(&value)?, None)),
+    if position.seq > crate::jcs::MAX_SAFE_INTEGER {
+        return Err(crate::jcs::JcsError::UnsafeInteger(position.seq.to_string()).into());
     }
+    // The canonical JSON of the `Statement`, written member by member in JCS order (every
+    // member name is ASCII, so byte order is UTF-16 order), strings through JCS's own escaping,
+    // and the body (kilobytes of facts) as `CanonicalBody::of` canonicalized it once. A
+    // `serde_json::Value` of the statement is not built: that was a third of the work here.
+    // Tests hold the bytes to canonicalizing the whole statement, and to pinned digests.
+    use crate::jcs::write_string as string;
+    use std::fmt::Write;
+    let mut out = String::with_capacity(body.text.len() + 1024);
+    out.push_str("{\"_type\":");
+    string(&mut out, STATEMENT_TYPE);
+    out.push_str(",\"predicate\":{\"agent_version\":");
+    string(&mut out, &author.agent_version);
+    if let Some(baseline) = &draft.baseline {
+        out.push_str(",\"baseline\":{\"digest\":");
+        string(&mut out, &baseline.digest);
+        out.push_str(",\"id\":");
+        string(&mut out, &baseline.id);
+        out.push_str(",\"version\":");
+        string(&mut out, &baseline.version);
+        out.push('}');
+    }
+    out.push_str(",\"body\":");
+    out.push_str(&body.text);
+    out.push_str(",\"controls\":[");
+    for (idx, control) in draft.controls.iter().enumerate() {
+        if idx > 0 {
+            out.push(',');
+        }
+        string(&mut out, control);
+    }
+    out.push_str("],\"host_id\":");
+    string(&mut out, &author.host_id);
+    out.push_str(",\"kind\":");
+    string(&mut out, draft.kind.as_str());
+    let mut prev_quote_at = None;
+    if let Some(prev) = &position.prev {
+        out.push_str(",\"prev\":");
+        prev_quote_at = Some(out.len());
+        string(&mut out, prev);
+    }
+    // jiff serializes a timestamp as its `Display` text (RFC 3339, UTC).
+    out.push_str(",\"recorded_at\":");
+    string(&mut out, &recorded_at.to_string());
+    out.push_str(",\"retain_until\":");
+    string(&mut out, &retain_until.to_string());
+    let _ = write!(out, ",\"seq\":{},\"site_id\":", position.seq);
+    match &author.site_id {
+        Some(site) => string(&mut out, site),
+        None => out.push_str("null"),
+    }
+    out.push_str("},\"predicateType\":");
+    string(&mut out, EVIDENCE_PREDICATE_TYPE);
+    out.push_str(",\"subject\":[{\"digest\":{\"sha256\":");
+    string(&mut out, &body.sha256_hex);
+    out.push_str("},\"name\":");
+    string(
+        &mut out,
+        &format!(
+            "{}/{}/{}/{}",
+            author.site_id.as_deref().unwrap_or("-"),
+            author.host_id,
+            draft.kind.as_str(),
+            position.seq
+        ),
+    );
+    out.push_str("}]}");
+    Ok((out, prev_quote_at))
 }
 
 /// What every `prev` looks like: `sha256:` and 64 hex digits, as [`dsse::digest`] writes it.
@@ -1150,36 +1178,110 @@ mod tests {
 
     #[test]
     fn sealed_payload_is_the_canonical_form_of_the_whole_statement() {
-        // The body is canonicalized once and spliced in; the result must be exactly what
-        // canonicalizing the whole statement gives, for bodies with nesting, escapes, numbers
-        // and keys that sort differently in UTF-16, and for a body that itself holds `null`s.
+        // The payload is written member by member with the body canonicalized once; it must be
+        // exactly what canonicalizing the whole `Statement` gives, for bodies with nesting,
+        // escapes, numbers and keys that sort differently in UTF-16, a body that itself holds
+        // `null`s, with and without baseline, `prev`, site and controls, and strings to escape.
         let key = SigningKey::from_bytes(&[3; 32]);
         let bodies = [
             json!(null),
             json!({"z": 1, "a": [1.5, 0.25, 1e21, "x\"y\n"], "body": null, "\u{e000}": 1, "\u{1f600}": 2}),
             json!(["\u{1}", {"b": {"c": null}}, 9007199254740991u64]),
+            check_sized_body(),
         ];
-        for body in bodies {
+        let baseline = BaselineRef {
+            id: "hipaa \"x\"".into(),
+            version: "2026.1".into(),
+            digest: format!("sha256:{}", "cd".repeat(32)),
+        };
+        let authors = [
+            author(),
+            Author {
+                site_id: None,
+                host_id: "h\u{e9}st\t\"2\"\\".into(),
+                agent_version: "0.1.0-\u{1f600}".into(),
+            },
+        ];
+        let times: [Timestamp; 2] = [
+            Timestamp::UNIX_EPOCH,
+            "2026-11-27T12:00:00.1234Z".parse().unwrap(),
+        ];
+        for (n, body) in bodies.into_iter().enumerate() {
             let draft = Draft {
-                kind: RecordKind::Check,
-                baseline: None,
-                controls: vec!["164.312(b)".into()],
-                body: body.clone(),
+                kind: [RecordKind::Check, RecordKind::AgentLifecycle][n % 2],
+                baseline: (n % 2 == 0).then(|| baseline.clone()),
+                controls: [vec![], vec!["164.312(b)".into(), "164.308(a)(1)".into()]][n / 2 % 2]
+                    .clone(),
+                body,
             };
-            let position = Position {
-                seq: 4,
-                prev: Some(format!("sha256:{}", "ab".repeat(32))),
-            };
-            let envelope = seal(&draft, &position, &author(), Timestamp::UNIX_EPOCH, &key).unwrap();
-            let verified = dsse::verify(&envelope, &[key.verifying_key()]).unwrap();
-            let mut whole: Value = serde_json::from_slice(verified.payload()).unwrap();
-            assert_eq!(whole["predicate"]["body"], body);
-            whole["predicate"]["body"] = body;
-            assert_eq!(
-                verified.payload(),
-                crate::jcs::to_vec(&whole).unwrap().as_slice()
-            );
+            let author = &authors[n / 2 % 2];
+            let recorded_at = times[n % 2];
+            for position in [
+                Position { seq: 0, prev: None },
+                Position {
+                    seq: 9_007_199_254_740_991,
+                    prev: Some(format!("sha256:{}", "ab".repeat(32))),
+                },
+            ] {
+                let envelope = seal(&draft, &position, author, recorded_at, &key).unwrap();
+                let verified = dsse::verify(&envelope, &[key.verifying_key()]).unwrap();
+                let statement = Statement {
+                    statement_type: STATEMENT_TYPE.to_string(),
+                    subject: vec![Subject {
+                        name: format!(
+                            "{}/{}/{}/{}",
+                            author.site_id.as_deref().unwrap_or("-"),
+                            author.host_id,
+                            draft.kind.as_str(),
+                            position.seq
+                        ),
+                        digest: BTreeMap::from([(
+                            "sha256".to_string(),
+                            hex::encode(Sha256::digest(crate::jcs::to_vec(&draft.body).unwrap())),
+                        )]),
+                    }],
+                    predicate_type: EVIDENCE_PREDICATE_TYPE.to_string(),
+                    predicate: Predicate {
+                        kind: draft.kind,
+                        seq: position.seq,
+                        prev: position.prev.clone(),
+                        site_id: author.site_id.clone(),
+                        host_id: author.host_id.clone(),
+                        agent_version: author.agent_version.clone(),
+                        recorded_at,
+                        retain_until: recorded_at
+                            .checked_add(jiff::SignedDuration::from_hours(24 * RETENTION_DAYS))
+                            .unwrap(),
+                        baseline: draft.baseline.clone(),
+                        controls: draft.controls.clone(),
+                        body: draft.body.clone(),
+                    },
+                };
+                assert_eq!(
+                    String::from_utf8_lossy(verified.payload()),
+                    String::from_utf8(crate::jcs::to_vec_of(&statement).unwrap()).unwrap(),
+                    "body {n}, seq {}",
+                    position.seq
+                );
+            }
         }
+        // Beyond 2^53 - 1 a seq is refused, as canonicalizing the statement refuses it.
+        let draft = Draft {
+            kind: RecordKind::Check,
+            baseline: None,
+            controls: vec![],
+            body: json!(null),
+        };
+        let position = Position {
+            seq: 1 << 53,
+            prev: Some(format!("sha256:{}", "ab".repeat(32))),
+        };
+        assert!(matches!(
+            seal(&draft, &position, &author(), Timestamp::UNIX_EPOCH, &key),
+            Err(RecordError::NotCanonical(
+                crate::jcs::JcsError::UnsafeInteger(_)
+            ))
+        ));
     }
 
     /// A body of kilobytes, like a check's finding, with what canonicalization must get right:

@@ -33,7 +33,7 @@ pub enum JcsError {
 }
 
 /// The largest integer every double can represent together with its neighbours.
-const MAX_SAFE_INTEGER: u64 = (1 << 53) - 1;
+pub(crate) const MAX_SAFE_INTEGER: u64 = (1 << 53) - 1;
 
 /// Canonical bytes of a JSON value.
 pub fn to_vec(value: &Value) -> Result<Vec<u8>, JcsError> {
@@ -46,36 +46,9 @@ pub(crate) fn to_string(value: &Value) -> Result<String, JcsError> {
         // Most of what is canonicalized is a record's body of a few KiB; growing from empty
         // would copy it about ten times.
         out: String::with_capacity(4096),
-        splice: None,
-        mark: None,
-        marked_at: None,
     };
     writer.write_value(value)?;
     Ok(writer.out)
-}
-
-/// Canonical text of `value` in which the node `at` (found by address, so it must be a node
-/// *inside* `value`) is written as `canonical`, the canonical text of the value that belongs
-/// there. Lets a caller canonicalize a large member once, hash it, and splice it into its
-/// container instead of canonicalizing it a second time.
-///
-/// Also returns the offset in the text at which the node `mark` (found by address too) starts,
-/// if it is written: a caller that will overwrite that node's bytes later (a record's `prev`,
-/// known only when the record before it is signed) finds them without searching the text.
-pub(crate) fn to_string_splicing(
-    value: &Value,
-    at: &Value,
-    canonical: &str,
-    mark: Option<&Value>,
-) -> Result<(String, Option<usize>), JcsError> {
-    let mut writer = Writer {
-        out: String::with_capacity(canonical.len() + 1024),
-        splice: Some((at, canonical)),
-        mark,
-        marked_at: None,
-    };
-    writer.write_value(value)?;
-    Ok((writer.out, writer.marked_at))
 }
 
 /// Canonical text of a serializable value (serialized to JSON first).
@@ -86,29 +59,13 @@ pub fn to_vec_of<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, JcsError> {
     to_vec(&value)
 }
 
-/// The canonical text being written, with the node to splice in and the node to locate.
-struct Writer<'v> {
+/// The canonical text being written.
+struct Writer {
     out: String,
-    /// A node (by address) and the canonical text written in its place.
-    splice: Option<(&'v Value, &'v str)>,
-    /// A node (by address) whose offset in `out` is wanted, and that offset once written.
-    mark: Option<&'v Value>,
-    marked_at: Option<usize>,
 }
 
-impl Writer<'_> {
+impl Writer {
     fn write_value(&mut self, value: &Value) -> Result<(), JcsError> {
-        if let Some(mark) = self.mark
-            && std::ptr::eq(value, mark)
-        {
-            self.marked_at = Some(self.out.len());
-        }
-        if let Some((at, canonical)) = self.splice
-            && std::ptr::eq(value, at)
-        {
-            self.out.push_str(canonical);
-            return Ok(());
-        }
         match value {
             Value::Null => self.out.push_str("null"),
             Value::Bool(true) => self.out.push_str("true"),
@@ -273,7 +230,7 @@ pub(crate) fn is_verbatim(text: &str) -> bool {
     first_escape(text.as_bytes()).is_none()
 }
 
-fn write_string(out: &mut String, text: &str) {
+pub(crate) fn write_string(out: &mut String, text: &str) {
     out.push('"');
     // Runs of characters that need no escape are copied as one slice. Every byte that needs an
     // escape is ASCII, so each position found is a char boundary.
