@@ -407,6 +407,11 @@ fn closed_window() -> String {
     format!("{hour:02}:00-{hour:02}:01")
 }
 
+/// Where a symlink in the site points (a profile link, `/run/current-system`).
+fn readlink(site: &Site, path: &str) -> String {
+    site.root_ok(&["readlink", path]).trim().to_string()
+}
+
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
@@ -821,13 +826,11 @@ fn heals_against_a_real_systemd() {
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(
-        fx.site
-            .root_ok(&["readlink", "/nix/var/nix/profiles/system"])
-            .trim(),
+        readlink(&fx.site, "/nix/var/nix/profiles/system"),
         "system-2-link"
     );
     assert_eq!(
-        fx.site.root_ok(&["readlink", "/run/current-system"]).trim(),
+        readlink(&fx.site, "/run/current-system"),
         "/nix/store/fake-nixos-system-2"
     );
     assert_eq!(
@@ -1097,7 +1100,7 @@ fn generations_switch_and_boot_through_the_daemon() {
         "msp-compliance.service",
     ]);
     assert_eq!(
-        site.root_ok(&["readlink", "/run/current-system"]).trim(),
+        readlink(&site, "/run/current-system"),
         "/nix/store/fake-nixos-system-2"
     );
 
@@ -1118,12 +1121,11 @@ fn generations_switch_and_boot_through_the_daemon() {
         ]
     );
     assert_eq!(
-        site.root_ok(&["readlink", "/nix/var/nix/profiles/system"])
-            .trim(),
+        readlink(&site, "/nix/var/nix/profiles/system"),
         "system-2-link"
     );
     assert_eq!(
-        site.root_ok(&["readlink", "/run/current-system"]).trim(),
+        readlink(&site, "/run/current-system"),
         "/nix/store/fake-nixos-system-2"
     );
 
@@ -1136,7 +1138,7 @@ fn generations_switch_and_boot_through_the_daemon() {
         "heal:verified"
     );
     assert_eq!(
-        site.root_ok(&["readlink", "/run/current-system"]).trim(),
+        readlink(&site, "/run/current-system"),
         "/nix/store/fake-nixos-system-4"
     );
 
@@ -1190,7 +1192,7 @@ fn generations_switch_and_boot_through_the_daemon() {
         ]
     );
     assert_eq!(
-        site.root_ok(&["readlink", "/run/current-system"]).trim(),
+        readlink(&site, "/run/current-system"),
         "/nix/store/fake-nixos-system-5"
     );
     let result = order_result(&site, &order, Duration::from_secs(60));
