@@ -35,12 +35,14 @@ pub enum Layout {
     /// rows (orders seen, heal phases).
     SmallRows,
     /// An append log of kilobyte rows (the evidence store): SQLite's largest page, 64 KiB, so
-    /// a check record's envelope (5–7.5 KiB) fits in one page instead of a page and an
-    /// overflow chain, and a batch of 100 is about 12 WAL frames instead of about 200; a
-    /// checkpoint every 256 pages (16 MiB of WAL) keeps checkpoints rare. `cargo bench -p
-    /// msp-compliance-agent --bench evidence` measured batched appends at 21–22k/s against
-    /// 16–17k/s with the defaults (19.2k/s with 64 KiB pages and a 4 MiB WAL), `verify` 6 %
-    /// faster, one record per commit 3.6–4.0k/s against 4.4k/s (the budget is 2k/s).
+    /// a check record (5–7.5 KiB as JSON, a quarter less in the store's compact form) fits in
+    /// one page instead of a page and an overflow chain, and a batch of 100 is about 10 WAL
+    /// frames instead of about 200; a checkpoint every 256 pages (16 MiB of WAL) keeps
+    /// checkpoints rare. `cargo bench -p msp-compliance-agent --bench evidence` measured
+    /// batched appends at 21–22k/s against 16–17k/s with the defaults (19.2k/s with 64 KiB
+    /// pages and a 4 MiB WAL), `verify` 6 % faster, one record per commit 3.6–4.0k/s against
+    /// 4.4k/s (the budget is 2k/s). With compact rows, 32 KiB and 16 KiB pages were measured
+    /// again, alternating with 64 KiB: 22.3–23.0k and 19.8–20.4k against 23.2k/s.
     AppendLog,
 }
 

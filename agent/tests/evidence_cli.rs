@@ -12,7 +12,7 @@ use std::process::{Command, Output};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use msp_compliance_protocol::dsse::Envelope;
+use msp_compliance_protocol::dsse::{self, Envelope};
 use sha2::{Digest, Sha256};
 
 const FIXTURE_HOST: &str = "tests/fixtures/hosts/nixos-site";
@@ -128,13 +128,15 @@ impl Chain {
                 |row| row.get(0),
             )
             .unwrap();
-        serde_json::from_slice(&bytes).unwrap()
+        serde_json::from_slice(&dsse::stored_to_canonical(&bytes)).unwrap()
     }
 
-    /// Rewrites a row as an attacker would: canonical bytes and a matching digest column.
+    /// Rewrites a row as an attacker would: in the form the agent writes (compact when the
+    /// envelope has one, else canonical JSON) with a matching digest column.
     fn replace(&self, seq: u64, envelope: &Envelope) {
-        let bytes = msp_compliance_protocol::jcs::to_vec_of(envelope).unwrap();
-        let digest = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
+        let bytes = dsse::Compact::of(envelope)
+            .unwrap_or_else(|| msp_compliance_protocol::jcs::to_vec_of(envelope).unwrap());
+        let digest = dsse::digest(envelope);
         self.sql()
             .execute(
                 "UPDATE records SET envelope = ?2, digest = ?3 WHERE seq = ?1",
@@ -333,6 +335,85 @@ fn verify_names_a_tampered_payload() {
         &chain.verify(&[]),
         &[
             "first bad record: store row seq 4: record #4: signature by key",
+            "does not verify (payload or type altered)",
+        ],
+    );
+}
+
+/// Rows written by schema 2 hold canonical JSON: such a store still verifies, exports the same
+/// lines, takes new records after them, and tampering in a JSON row is named like any other.
+#[test]
+fn a_store_of_canonical_json_rows_verifies_exports_and_grows() {
+    let chain = Chain::new(10);
+    let export = |name: &str| {
+        let path = chain.dir.path().join(name);
+        let out = agent(&[
+            "evidence",
+            "export",
+            "--config",
+            path_str(&chain.config()),
+            "--since",
+            "2000-01-01",
+            "--format",
+            "jsonl",
+            "--output",
+            path_str(&path),
+        ]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        std::fs::read(path).unwrap()
+    };
+    let before = export("before.jsonl");
+    {
+        let sql = chain.sql();
+        let rows: Vec<(i64, Vec<u8>)> = sql
+            .prepare("SELECT seq, envelope FROM records")
+            .unwrap()
+            .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        for (seq, stored) in rows {
+            assert_eq!(stored[0], dsse::Compact::TAG, "seq {seq}");
+            let json = dsse::stored_to_canonical(&stored).into_owned();
+            assert!(json.len() > stored.len() * 5 / 4, "seq {seq}");
+            sql.execute(
+                "UPDATE records SET envelope = ?2 WHERE seq = ?1",
+                rusqlite::params![seq, json],
+            )
+            .unwrap();
+        }
+        sql.execute_batch("PRAGMA user_version = 2").unwrap();
+    }
+    let out = chain.verify(&[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
+    assert!(text(&out.stdout).contains("records: 10 (seq 0 to 9)"));
+    assert_eq!(export("after.jsonl"), before);
+    chain.append(5);
+    let out = chain.verify(&[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
+    assert!(text(&out.stdout).contains("records: 15 (seq 0 to 14)"));
+    let mut envelope = chain.envelope(6);
+    envelope.payload = STANDARD.encode(
+        String::from_utf8(STANDARD.decode(&envelope.payload).unwrap())
+            .unwrap()
+            .replace("\"stress\":6", "\"stress\":7"),
+    );
+    let json = msp_compliance_protocol::jcs::to_vec_of(&envelope).unwrap();
+    chain
+        .sql()
+        .execute(
+            "UPDATE records SET envelope = ?2, digest = ?3 WHERE seq = 6",
+            rusqlite::params![
+                6,
+                json,
+                format!("sha256:{}", hex::encode(Sha256::digest(&json)))
+            ],
+        )
+        .unwrap();
+    assert_fails(
+        &chain.verify(&[]),
+        &[
+            "first bad record: store row seq 6: record #6: signature by key",
             "does not verify (payload or type altered)",
         ],
     );

@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use ed25519_dalek::VerifyingKey;
 use msp_compliance_protocol::api::{ChainHead, RecordStatus, RecordVerdict};
 use msp_compliance_protocol::dsse::{self, Envelope};
-use msp_compliance_protocol::evidence::{self, CheckpointBody, RecordKind};
+use msp_compliance_protocol::evidence::{self, CheckpointBody, EnvelopeRef, RecordKind};
 use msp_compliance_protocol::order::{OrderResult, RESULT_PAYLOAD_TYPE};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -105,7 +105,7 @@ pub fn digest_of_canonical(canonical: &[u8]) -> String {
 /// The stateless half: canonical bytes, digests, signatures (batched) and chain facts.
 pub fn examine(envelopes: &[Envelope], key: &VerifyingKey) -> Vec<Candidate> {
     let trusted = [*key];
-    let refs: Vec<&Envelope> = envelopes.iter().collect();
+    let refs: Vec<EnvelopeRef<'_>> = envelopes.iter().map(EnvelopeRef::Json).collect();
     let opened = evidence::open_many(&refs, &trusted);
     envelopes
         .iter()

@@ -243,7 +243,7 @@ pub fn canonical_bytes(envelope: &Envelope) -> Vec<u8> {
         return crate::jcs::to_vec_of(envelope).unwrap_or_default();
     }
     let mut out = Vec::with_capacity(envelope.payload.len() + 200 * envelope.signatures.len() + 64);
-    out.extend_from_slice(b"{\"payload\":\"");
+    out.extend_from_slice(CANONICAL_HEAD);
     out.extend_from_slice(envelope.payload.as_bytes());
     out.extend_from_slice(b"\",\"payloadType\":\"");
     out.extend_from_slice(envelope.payload_type.as_bytes());
@@ -298,6 +298,165 @@ pub fn parse_canonical(bytes: &[u8]) -> Option<Envelope> {
         payload: payload.to_string(),
         signatures,
     })
+}
+
+/// How a canonical envelope starts: its first member is the payload, whose base64 follows.
+pub(crate) const CANONICAL_HEAD: &[u8] = b"{\"payload\":\"";
+
+/// Hands the base64 of `bytes` to `out` in pieces, without building the whole string. `bytes`
+/// is a multiple of 3 bytes long unless it ends the payload, so pieces of one payload can be
+/// encoded by separate calls.
+pub(crate) fn base64_pieces(bytes: &[u8], out: &mut impl FnMut(&[u8])) {
+    const IN: usize = 3 * 1024;
+    let mut buf = [0_u8; IN / 3 * 4];
+    for chunk in bytes.chunks(IN) {
+        // `buf` holds the base64 of `IN` bytes, the most a chunk has.
+        let n = STANDARD.encode_slice(chunk, &mut buf).unwrap_or(0);
+        out(&buf[..n]);
+    }
+}
+
+/// Hands `out` the canonical JSON of a single-signature envelope after its payload's base64:
+/// the payload type, the key id and the signature (all written verbatim by JCS).
+pub(crate) fn canonical_tail(
+    payload_type: &str,
+    keyid: &str,
+    sig: &[u8; 64],
+    out: &mut impl FnMut(&[u8]),
+) {
+    let mut sig_base64 = [0_u8; 88];
+    let n = STANDARD.encode_slice(sig, &mut sig_base64).unwrap_or(0);
+    out(b"\",\"payloadType\":\"");
+    out(payload_type.as_bytes());
+    out(b"\",\"signatures\":[{\"keyid\":\"");
+    out(keyid.as_bytes());
+    out(b"\",\"sig\":\"");
+    out(&sig_base64[..n]);
+    out(b"\"}]}");
+}
+
+/// An in-toto envelope with one signature in the compact form the agent's evidence store keeps
+/// it in: the byte [`Compact::TAG`], the key id's 32 bytes, the signature's 64 bytes, then the
+/// payload bytes as signed.
+///
+/// It holds exactly what the canonical JSON holds, without base64 (a quarter fewer bytes to
+/// write, and nothing to decode before verifying), and maps back to that JSON byte for byte
+/// ([`Compact::canonical_bytes`]), which is what is hashed, exported and sent. Canonical JSON
+/// starts with `{`, so the first byte tells the two forms apart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Compact<'a> {
+    keyid: &'a [u8; 32],
+    sig: &'a [u8; 64],
+    payload: &'a [u8],
+}
+
+impl<'a> Compact<'a> {
+    /// The first byte of the compact form.
+    pub const TAG: u8 = 0x01;
+
+    /// Reads the compact form; None for anything else (canonical JSON included).
+    pub fn parse(bytes: &'a [u8]) -> Option<Compact<'a>> {
+        let rest = bytes.strip_prefix(&[Self::TAG])?;
+        let (keyid, rest) = rest.split_first_chunk::<32>()?;
+        let (sig, payload) = rest.split_first_chunk::<64>()?;
+        Some(Compact {
+            keyid,
+            sig,
+            payload,
+        })
+    }
+
+    /// Writes the compact form of an in-toto envelope signed once, by the key whose key id
+    /// (SHA-256 of the public key) is `keyid`.
+    pub fn write(keyid: &[u8; 32], sig: &[u8; 64], payload: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(1 + 32 + 64 + payload.len());
+        out.push(Self::TAG);
+        out.extend_from_slice(keyid);
+        out.extend_from_slice(sig);
+        out.extend_from_slice(payload);
+        out
+    }
+
+    /// The compact form of `envelope` if it has one: an in-toto payload, exactly one signature,
+    /// a lowercase hex key id of 32 bytes, and canonical base64 throughout (so that the
+    /// envelope is exactly what [`Compact::canonical_bytes`] gives back).
+    pub fn of(envelope: &Envelope) -> Option<Vec<u8>> {
+        let [signature] = envelope.signatures.as_slice() else {
+            return None;
+        };
+        if envelope.payload_type != IN_TOTO_PAYLOAD_TYPE {
+            return None;
+        }
+        let keyid: [u8; 32] = hex::decode(&signature.keyid).ok()?.try_into().ok()?;
+        let sig: [u8; 64] = STANDARD.decode(&signature.sig).ok()?.try_into().ok()?;
+        let payload = STANDARD.decode(&envelope.payload).ok()?;
+        let out = Compact::write(&keyid, &sig, &payload);
+        // Upper-case hex decodes too; such an envelope is kept as it is.
+        let round_trip = Compact::parse(&out)?.to_envelope() == *envelope;
+        round_trip.then_some(out)
+    }
+
+    /// The payload bytes, as signed.
+    pub fn payload(&self) -> &'a [u8] {
+        self.payload
+    }
+
+    /// The signature's 64 bytes.
+    pub fn signature(&self) -> &'a [u8; 64] {
+        self.sig
+    }
+
+    /// The key id's 32 bytes.
+    pub fn keyid_bytes(&self) -> &'a [u8; 32] {
+        self.keyid
+    }
+
+    /// The key id, lowercase hex as in the envelope.
+    pub fn keyid(&self) -> String {
+        hex::encode(self.keyid)
+    }
+
+    /// Hands the envelope's canonical JSON to `out` in pieces.
+    fn write_canonical(&self, out: &mut impl FnMut(&[u8])) {
+        out(CANONICAL_HEAD);
+        base64_pieces(self.payload, out);
+        canonical_tail(IN_TOTO_PAYLOAD_TYPE, &self.keyid(), self.sig, out);
+    }
+
+    /// The envelope's canonical JSON: [`canonical_bytes`] of [`Compact::to_envelope`].
+    pub fn canonical_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.payload.len().div_ceil(3) * 4 + 256);
+        self.write_canonical(&mut |piece| out.extend_from_slice(piece));
+        out
+    }
+
+    /// The envelope's digest ([`digest`] of [`Compact::to_envelope`]), hashed as the canonical
+    /// JSON is written, without building it.
+    pub fn digest(&self) -> String {
+        let mut hash = Sha256::new();
+        self.write_canonical(&mut |piece| hash.update(piece));
+        format!("sha256:{}", hex::encode(hash.finalize()))
+    }
+
+    /// The envelope.
+    pub fn to_envelope(&self) -> Envelope {
+        Envelope {
+            payload_type: IN_TOTO_PAYLOAD_TYPE.to_string(),
+            payload: STANDARD.encode(self.payload),
+            signatures: vec![Signature {
+                keyid: self.keyid(),
+                sig: STANDARD.encode(self.sig),
+            }],
+        }
+    }
+}
+
+/// The canonical JSON of a stored envelope: the bytes themselves, or those of the compact form.
+pub fn stored_to_canonical(stored: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    match Compact::parse(stored) {
+        Some(compact) => std::borrow::Cow::Owned(compact.canonical_bytes()),
+        None => std::borrow::Cow::Borrowed(stored),
+    }
 }
 
 /// The text up to the next quote, and what follows that quote, if the text is one that JCS
@@ -508,5 +667,72 @@ mod tests {
             digest(&envelope),
             digest(&sign(IN_TOTO_PAYLOAD_TYPE, b"y", &key(1)))
         );
+    }
+
+    /// The compact form holds exactly the canonical envelope: for payloads of every length
+    /// modulo 3 and across the base64 pieces' boundary, it writes back the same canonical bytes
+    /// and digest, the same envelope, and the payload and signature as signed.
+    #[test]
+    fn the_compact_form_maps_back_to_the_canonical_envelope() {
+        for len in [0, 1, 2, 3, 4, 5, 3071, 3072, 3073, 6144, 6145, 20_000] {
+            let payload: Vec<u8> = (0..len).map(|it| (it * 7 + len) as u8).collect();
+            let envelope = sign(IN_TOTO_PAYLOAD_TYPE, &payload, &key(3));
+            let stored = Compact::of(&envelope).unwrap();
+            assert_eq!(stored[0], Compact::TAG);
+            assert_eq!(stored.len(), 1 + 32 + 64 + len);
+            let compact = Compact::parse(&stored).unwrap();
+            assert_eq!(
+                compact.canonical_bytes(),
+                canonical_bytes(&envelope),
+                "{len}"
+            );
+            assert_eq!(compact.digest(), digest(&envelope));
+            assert_eq!(compact.to_envelope(), envelope);
+            assert_eq!(compact.payload(), payload);
+            assert_eq!(compact.keyid(), keyid(&key(3).verifying_key()));
+            assert_eq!(
+                *compact.signature(),
+                <[u8; 64]>::try_from(STANDARD.decode(&envelope.signatures[0].sig).unwrap())
+                    .unwrap()
+            );
+            assert_eq!(stored_to_canonical(&stored), canonical_bytes(&envelope));
+            let canonical = canonical_bytes(&envelope);
+            assert!(Compact::parse(&canonical).is_none());
+            assert_eq!(stored_to_canonical(&canonical), canonical);
+        }
+    }
+
+    /// Envelopes the compact form cannot hold exactly are left without one, and a stored value
+    /// too short for the fixed part is not read as one.
+    #[test]
+    fn only_envelopes_the_compact_form_holds_exactly_get_one() {
+        let envelope = sign(IN_TOTO_PAYLOAD_TYPE, b"{\"a\":1}", &key(1));
+        let with = |edit: &dyn Fn(&mut Envelope)| {
+            let mut it = envelope.clone();
+            edit(&mut it);
+            Compact::of(&it)
+        };
+        assert!(with(&|_| {}).is_some());
+        let refused: [&dyn Fn(&mut Envelope); 8] = [
+            &|it| it.payload_type = "application/json".into(),
+            &|it| it.signatures.clear(),
+            &|it| {
+                let second = sign(IN_TOTO_PAYLOAD_TYPE, b"{\"a\":1}", &key(2));
+                it.signatures.push(second.signatures[0].clone())
+            },
+            &|it| it.signatures[0].keyid = it.signatures[0].keyid.to_uppercase(),
+            &|it| it.signatures[0].keyid.truncate(62),
+            &|it| it.signatures[0].sig = STANDARD.encode([1_u8; 63]),
+            // Non-zero trailing bits: decodes to the same bytes as another string.
+            &|it| it.payload = "QR==".into(),
+            &|it| it.payload = "%%%%".into(),
+        ];
+        for (n, edit) in refused.iter().enumerate() {
+            assert_eq!(with(edit), None, "edit {n}");
+        }
+        let stored = Compact::of(&envelope).unwrap();
+        assert!(Compact::parse(&stored[..96]).is_none());
+        assert!(Compact::parse(&stored[..97]).is_some());
+        assert!(Compact::parse(&[]).is_none());
     }
 }

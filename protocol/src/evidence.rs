@@ -355,6 +355,8 @@ pub struct SealingKey {
     expanded: ExpandedSecretKey,
     verifying: VerifyingKey,
     keyid: String,
+    /// The key id's 32 bytes, for the compact form.
+    keyid_bytes: [u8; 32],
     /// SHA-512 of `prefix` alone, which identifies a hasher that has absorbed `prefix` and
     /// nothing else: the one ed25519-dalek hands over for the nonce.
     nonce_start_digest: [u8; 64],
@@ -375,6 +377,7 @@ impl SealingKey {
         SealingKey {
             signing: key.clone(),
             keyid: dsse::keyid(&verifying),
+            keyid_bytes: Sha256::digest(verifying.as_bytes()).into(),
             expanded,
             verifying,
             nonce_start_digest,
@@ -391,10 +394,10 @@ impl SealingKey {
 /// everything before it in the canonical JSON (the body among it: JCS orders `body` before
 /// `prev`) is known in advance. So the payload is written here with a placeholder `prev`, ready
 /// to sign in place; the nonce hash of the signature is run over the message up to the
-/// placeholder (see [`SealingKey`]); the envelope's base64 of the payload up to the placeholder
-/// is written, and SHA-256 of the envelope is run over that much. Sealing then overwrites the
-/// placeholder, finishes the nonce hash, signs, and encodes and hashes only the tail. The bytes
-/// are exactly those of [`seal`].
+/// placeholder (see [`SealingKey`]); SHA-256 of the canonical envelope is run over its head and
+/// the base64 of the payload up to the placeholder. Sealing then overwrites the placeholder,
+/// finishes the nonce hash, signs, and encodes and hashes only the tail. The envelope is
+/// exactly the one [`seal`] makes.
 pub struct PreparedRecord<'a> {
     /// The key the nonce hash was started for, and the only one that may continue it.
     key: &'a SealingKey,
@@ -405,17 +408,17 @@ pub struct PreparedRecord<'a> {
     body: CanonicalBody,
     /// PAE(type, payload) with the placeholder `prev`: the message that is signed.
     message: Vec<u8>,
+    /// Where in `message` the payload starts.
+    payload_at: usize,
     /// Where the `prev` digest's bytes (without quotes) start in `message`; None at seq 0.
     prev_at: Option<usize>,
     /// The nonce hash over the key's prefix and `message[..prev_at]` (all of it at seq 0),
     /// boxed so that moving the record does not copy it.
     nonce: Box<Sha512>,
-    /// Where in `message` the payload's base64 written to `envelope` stops (a multiple of three
-    /// payload bytes, so the rest encodes on its own).
+    /// Where in `message` the payload's base64 hashed into `envelope_hash` stops (a multiple of
+    /// three payload bytes, so the rest encodes on its own).
     encoded_to: usize,
-    /// The canonical envelope up to `encoded_to`: `{"payload":"` and base64.
-    envelope: String,
-    /// SHA-256 over `envelope` as it is here.
+    /// SHA-256 over the canonical envelope up to `encoded_to`: `{"payload":"` and base64.
     envelope_hash: Sha256,
 }
 
@@ -428,7 +431,6 @@ pub fn prepare<'a>(
     recorded_at: Timestamp,
     key: &'a SealingKey,
 ) -> Result<PreparedRecord<'a>, RecordError> {
-    use base64::engine::general_purpose::STANDARD;
     let body = CanonicalBody::of(draft)?;
     // The placeholder has the length of every digest and needs no JSON escape, so the payload's
     // layout is the final one and the digest is later written over it byte for byte.
@@ -453,13 +455,11 @@ pub fn prepare<'a>(
     nonce.update(key.expanded.hash_prefix);
     nonce.update(&message[..fixed_to]);
     let encoded_to = payload_at + (fixed_to - payload_at) / 3 * 3;
-    // Room for the whole envelope: the payload's base64, the signature and the key id.
-    let mut envelope =
-        String::with_capacity(ENVELOPE_HEAD.len() + payload.len().div_ceil(3) * 4 + 256);
-    envelope.push_str(ENVELOPE_HEAD);
-    STANDARD.encode_string(&message[payload_at..encoded_to], &mut envelope);
     let mut envelope_hash = Sha256::new();
-    envelope_hash.update(envelope.as_bytes());
+    envelope_hash.update(dsse::CANONICAL_HEAD);
+    dsse::base64_pieces(&message[payload_at..encoded_to], &mut |piece| {
+        envelope_hash.update(piece)
+    });
     Ok(PreparedRecord {
         key,
         draft,
@@ -468,25 +468,23 @@ pub fn prepare<'a>(
         seq,
         body,
         message,
+        payload_at,
         prev_at,
         nonce,
         encoded_to,
-        envelope,
         envelope_hash,
     })
 }
 
-/// How a canonical envelope starts: its first member is the payload.
-const ENVELOPE_HEAD: &str = "{\"payload\":\"";
-
-/// A sealed record: its envelope's canonical JSON bytes and their digest.
+/// A sealed record: its envelope in the compact form the evidence store keeps, and its digest.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SealedRecord {
     /// Seq of the record.
     pub seq: u64,
-    /// The envelope as canonical JSON: `dsse::canonical_bytes` of what [`seal`] returns.
-    pub bytes: Vec<u8>,
-    /// `sha256:<hex>` of `bytes`: [`dsse::digest`] of the envelope, the next record's `prev`.
+    /// The envelope [`seal`] returns, in the compact form ([`dsse::Compact`]).
+    pub compact: Vec<u8>,
+    /// [`dsse::digest`] of the envelope (SHA-256 of its canonical JSON), the next record's
+    /// `prev`.
     pub digest: String,
 }
 
@@ -502,11 +500,10 @@ impl PreparedRecord<'_> {
     }
 
     /// Signs the record after the one whose digest is `prev`, with the key it was prepared for:
-    /// exactly what [`seal`] gives for this draft at `Position { seq, prev }`, as canonical
-    /// bytes with their digest. A `prev` that does not have the shape prepared for (absent at
+    /// exactly what [`seal`] gives for this draft at `Position { seq, prev }`, in the compact
+    /// form with its digest. A `prev` that does not have the shape prepared for (absent at
     /// seq 0, a digest otherwise) takes [`seal`]'s general way, with the same result.
     pub fn seal(mut self, prev: Option<&str>) -> Result<SealedRecord, RecordError> {
-        use base64::engine::general_purpose::STANDARD;
         let key = self.key;
         let fits = match (self.prev_at, prev) {
             (Some(_), Some(prev)) => prev.len() == PREV_LEN && crate::jcs::is_verbatim(prev),
@@ -526,12 +523,14 @@ impl PreparedRecord<'_> {
                 self.recorded_at,
                 &key.signing,
             )?;
-            let bytes = dsse::canonical_bytes(&envelope);
-            let digest = digest_of_canonical(Sha256::new(), &bytes);
+            // `seal` signs an in-toto payload once, with canonical base64 and a hex key id.
+            let compact = dsse::Compact::of(&envelope).ok_or(RecordError::Unexpected(
+                "sealed envelope has no compact form",
+            ))?;
             return Ok(SealedRecord {
                 seq: self.seq,
-                bytes,
-                digest,
+                compact,
+                digest: dsse::digest(&envelope),
             });
         }
         let fixed_to = match (self.prev_at, prev) {
@@ -543,23 +542,17 @@ impl PreparedRecord<'_> {
         };
         let message = &self.message;
         let (signature, _) = sign_continuing(key, message, fixed_to, self.nonce)?;
-        // The rest of `dsse::canonical_bytes`: every string in it (base64, hex, the payload
-        // type) is written verbatim by JCS.
-        let envelope = &mut self.envelope;
-        let head_len = envelope.len();
-        STANDARD.encode_string(&message[self.encoded_to..], envelope);
-        envelope.push_str("\",\"payloadType\":\"");
-        envelope.push_str(IN_TOTO_PAYLOAD_TYPE);
-        envelope.push_str("\",\"signatures\":[{\"keyid\":\"");
-        envelope.push_str(&key.keyid);
-        envelope.push_str("\",\"sig\":\"");
-        STANDARD.encode_string(signature.to_bytes(), envelope);
-        envelope.push_str("\"}]}");
-        let digest = digest_of_canonical(self.envelope_hash, &envelope.as_bytes()[head_len..]);
+        let sig = signature.to_bytes();
+        // The rest of `dsse::canonical_bytes`, hashed as it is written: every string in it
+        // (base64, hex, the payload type) is written verbatim by JCS.
+        let mut hash = self.envelope_hash;
+        let mut feed = |piece: &[u8]| hash.update(piece);
+        dsse::base64_pieces(&message[self.encoded_to..], &mut feed);
+        dsse::canonical_tail(IN_TOTO_PAYLOAD_TYPE, &key.keyid, &sig, &mut feed);
         Ok(SealedRecord {
             seq: self.seq,
-            bytes: self.envelope.into_bytes(),
-            digest,
+            compact: dsse::Compact::write(&key.keyid_bytes, &sig, &message[self.payload_at..]),
+            digest: format!("sha256:{}", hex::encode(hash.finalize())),
         })
     }
 }
@@ -602,12 +595,6 @@ fn sign_continuing(
     // Signing fails only if the closure does, and it never does.
     .map_err(|_| RecordError::Unexpected("signing failed"))?;
     Ok((signature, started.take().is_none()))
-}
-
-/// `sha256:<hex>` of what `hash` has seen followed by `rest`.
-fn digest_of_canonical(mut hash: Sha256, rest: &[u8]) -> String {
-    hash.update(rest);
-    format!("sha256:{}", hex::encode(hash.finalize()))
 }
 
 /// Where and why a chain is broken. `index` counts envelopes as fed, from 0.
@@ -798,6 +785,26 @@ pub fn open(envelope: &Envelope, trusted: &[VerifyingKey]) -> Result<Opened, Ope
 /// that a failed batch costs few single re-verifications.
 const SIGNATURE_BATCH: usize = 256;
 
+/// An envelope for [`open_many`]: parsed from JSON, or in the evidence store's compact form.
+#[derive(Clone, Copy, Debug)]
+pub enum EnvelopeRef<'a> {
+    /// A parsed envelope.
+    Json(&'a Envelope),
+    /// An envelope in the compact form, whose payload needs no decoding.
+    Compact(dsse::Compact<'a>),
+}
+
+impl EnvelopeRef<'_> {
+    /// [`open`] of this envelope.
+    fn open(&self, trusted: &[VerifyingKey]) -> Result<Link, OpenError> {
+        match self {
+            EnvelopeRef::Json(envelope) => open(envelope, trusted),
+            EnvelopeRef::Compact(compact) => open(&compact.to_envelope(), trusted),
+        }
+        .map(|it| it.link())
+    }
+}
+
 /// [`open`] for many envelopes at once, with the same results, about twice as fast.
 ///
 /// The common case (one signature, by a trusted key, on an in-toto payload) is checked with
@@ -814,7 +821,7 @@ const SIGNATURE_BATCH: usize = 256;
 /// Statements are parsed (so a payload that `open` refuses is refused here too) and dropped
 /// where they were parsed; only each record's [`Link`] comes back.
 pub fn open_many(
-    envelopes: &[&Envelope],
+    envelopes: &[EnvelopeRef<'_>],
     trusted: &[VerifyingKey],
 ) -> Vec<Result<Link, OpenError>> {
     struct Candidate {
@@ -825,55 +832,40 @@ pub fn open_many(
         key: usize,
     }
     let keyids: Vec<String> = trusted.iter().map(dsse::keyid).collect();
+    let keyid_bytes: Vec<[u8; 32]> = trusted
+        .iter()
+        .map(|it| Sha256::digest(it.as_bytes()).into())
+        .collect();
     let mut res: Vec<Option<Result<Link, OpenError>>> =
         (0..envelopes.len()).map(|_| None).collect();
     let mut candidates = Vec::with_capacity(envelopes.len());
     for (idx, envelope) in envelopes.iter().enumerate() {
-        let candidate = (|| {
-            if envelope.payload_type != IN_TOTO_PAYLOAD_TYPE {
-                return None;
+        let candidate = match envelope {
+            EnvelopeRef::Json(envelope) => json_candidate(envelope, &keyids),
+            EnvelopeRef::Compact(compact) => {
+                // The compact form is an in-toto envelope with one signature by construction.
+                keyid_bytes
+                    .iter()
+                    .position(|it| it == compact.keyid_bytes())
+                    .map(|key| {
+                        let payload = compact.payload();
+                        let mut message =
+                            Vec::with_capacity(payload.len() + IN_TOTO_PAYLOAD_TYPE.len() + 32);
+                        dsse::pae_head(&mut message, IN_TOTO_PAYLOAD_TYPE, payload.len());
+                        message.extend_from_slice(payload);
+                        (message, payload.len(), *compact.signature(), key)
+                    })
             }
-            let [signature] = envelope.signatures.as_slice() else {
-                return None;
-            };
-            let key = keyids.iter().position(|it| *it == signature.keyid)?;
-            let sig: [u8; 64] = BASE64
-                .decode(signature.sig.as_bytes())
-                .ok()?
-                .try_into()
-                .ok()?;
-            // The payload is decoded straight into its place in the PAE message, whose head
-            // needs its length first: the exact length of padded base64. Anything else (bad
-            // base64 included) goes through `open`, which names the problem.
-            let encoded = envelope.payload.as_bytes();
-            if encoded.len() % 4 != 0 {
-                return None;
-            }
-            let padding = encoded
-                .iter()
-                .rev()
-                .take(2)
-                .filter(|it| **it == b'=')
-                .count();
-            let payload_len = encoded.len() / 4 * 3 - padding;
-            let mut message = Vec::with_capacity(payload_len + envelope.payload_type.len() + 32);
-            dsse::pae_head(&mut message, &envelope.payload_type, payload_len);
-            let payload_at = message.len();
-            BASE64.decode_vec(encoded, &mut message).ok()?;
-            if message.len() - payload_at != payload_len {
-                return None;
-            }
-            Some(Candidate {
+        };
+        match candidate {
+            Some((message, payload_len, sig, key)) => candidates.push(Candidate {
                 idx,
-                payload_len,
                 message,
+                payload_len,
                 signature: Ed25519Signature::from_bytes(&sig),
                 key,
-            })
-        })();
-        match candidate {
-            Some(it) => candidates.push(it),
-            None => res[idx] = Some(open(envelope, trusted).map(|it| it.link())),
+            }),
+            None => res[idx] = Some(envelope.open(trusted)),
         }
     }
     for chunk in candidates.chunks(SIGNATURE_BATCH) {
@@ -887,19 +879,59 @@ pub fn open_many(
             .collect();
         let all_valid = batch::verify(&items, trusted);
         for candidate in chunk {
-            let envelope = envelopes[candidate.idx];
             res[candidate.idx] = Some(if all_valid {
                 // The payload is the tail of the PAE message, exactly as signed.
                 let payload = &candidate.message[candidate.message.len() - candidate.payload_len..];
-                parse_link(payload, &envelope.signatures[0].keyid)
+                parse_link(payload, &keyids[candidate.key])
             } else {
-                open(envelope, trusted).map(|it| it.link())
+                envelopes[candidate.idx].open(trusted)
             });
         }
     }
     res.into_iter()
         .map(|it| it.unwrap_or_else(|| Err(OpenError::NotEvidence("not examined".into()))))
         .collect()
+}
+
+/// The PAE message, payload length, signature and key index of a parsed envelope that can join
+/// a signature batch; None for anything else (bad base64 included), which [`open`] then names.
+fn json_candidate(
+    envelope: &Envelope,
+    keyids: &[String],
+) -> Option<(Vec<u8>, usize, [u8; 64], usize)> {
+    if envelope.payload_type != IN_TOTO_PAYLOAD_TYPE {
+        return None;
+    }
+    let [signature] = envelope.signatures.as_slice() else {
+        return None;
+    };
+    let key = keyids.iter().position(|it| *it == signature.keyid)?;
+    let sig: [u8; 64] = BASE64
+        .decode(signature.sig.as_bytes())
+        .ok()?
+        .try_into()
+        .ok()?;
+    // The payload is decoded straight into its place in the PAE message, whose head needs its
+    // length first: the exact length of padded base64.
+    let encoded = envelope.payload.as_bytes();
+    if !encoded.len().is_multiple_of(4) {
+        return None;
+    }
+    let padding = encoded
+        .iter()
+        .rev()
+        .take(2)
+        .filter(|it| **it == b'=')
+        .count();
+    let payload_len = encoded.len() / 4 * 3 - padding;
+    let mut message = Vec::with_capacity(payload_len + envelope.payload_type.len() + 32);
+    dsse::pae_head(&mut message, &envelope.payload_type, payload_len);
+    let payload_at = message.len();
+    BASE64.decode_vec(encoded, &mut message).ok()?;
+    if message.len() - payload_at != payload_len {
+        return None;
+    }
+    Some((message, payload_len, sig, key))
 }
 
 /// What [`parse_opened`] accepts, reduced to the record's [`Link`]: the body is checked to be
@@ -1417,7 +1449,8 @@ mod tests {
                             .and_then(|it| it.seal(prev))
                             .map(|it| {
                                 assert_eq!(it.seq, seq);
-                                (it.bytes, it.digest)
+                                let compact = dsse::Compact::parse(&it.compact).unwrap();
+                                (compact.canonical_bytes(), it.digest)
                             });
                         assert_eq!(sealed, expected, "seq {seq}, body {n}, prev {prev:?}");
                         n_checked += usize::from(expected.is_ok());
@@ -1613,13 +1646,30 @@ mod tests {
             let payload = statement_with_body(body);
             envelopes[idx] = dsse::sign(IN_TOTO_PAYLOAD_TYPE, payload.as_bytes(), &key);
         }
-        let refs: Vec<&Envelope> = envelopes.iter().collect();
+        let refs: Vec<EnvelopeRef<'_>> = envelopes.iter().map(EnvelopeRef::Json).collect();
         let many = open_many(&refs, &keys);
         assert_eq!(many.len(), envelopes.len());
         for (idx, (envelope, batched)) in envelopes.iter().zip(&many).enumerate() {
             let single = open(envelope, &keys).map(|it| it.link());
             assert_eq!(batched, &single, "envelope {idx}");
         }
+        // The same envelopes with every other one in the compact form where it has one (the
+        // damaged signature and payloads, the signed non-statements and the foreign key do).
+        let compact: Vec<Option<Vec<u8>>> = envelopes
+            .iter()
+            .enumerate()
+            .map(|(idx, it)| dsse::Compact::of(it).filter(|_| idx % 2 == 1))
+            .collect();
+        assert!(compact[3].is_some() && compact[71].is_some() && compact[145].is_some());
+        let mixed: Vec<EnvelopeRef<'_>> = envelopes
+            .iter()
+            .zip(&compact)
+            .map(|(envelope, compact)| match compact {
+                Some(bytes) => EnvelopeRef::Compact(dsse::Compact::parse(bytes).unwrap()),
+                None => EnvelopeRef::Json(envelope),
+            })
+            .collect();
+        assert_eq!(open_many(&mixed, &keys), many);
         let n_ok = many.iter().filter(|it| it.is_ok()).count();
         // Eleven damaged envelopes, and three bodies no `Value` holds (two numbers out of range,
         // a lone surrogate); duplicate keys and the plain body open.

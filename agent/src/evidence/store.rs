@@ -8,9 +8,15 @@
 //! step. The crash test (`agent/tests/evidence_crash.rs`) kills writers at random instants and
 //! checks that every record `append` returned is present and the chain verifies.
 //!
-//! The `records` table *is* the outbox queue: it holds the envelopes themselves (canonical JSON
-//! bytes, never file paths), and each sink keeps a cursor (`sinks.delivered_seq`). Nothing is
-//! deleted to make room; the outbox raises an alarm record instead.
+//! The `records` table *is* the outbox queue: it holds the envelopes themselves (never file
+//! paths), and each sink keeps a cursor (`sinks.delivered_seq`). Nothing is deleted to make
+//! room; the outbox raises an alarm record instead.
+//!
+//! An envelope is kept in the compact form (`dsse::Compact`: key id, signature and payload as
+//! raw bytes), which maps to its canonical JSON byte for byte and is a quarter smaller: an
+//! append of check records is bound by what the disk writes, and evidence is kept six years.
+//! Readers get the canonical JSON ([`StoredRecord::envelope`]); rows written as canonical JSON
+//! by schema 2 are read as they are.
 
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
@@ -18,7 +24,7 @@ use std::path::{Path, PathBuf};
 use crate::durable::{self, Layout, OpenError};
 use ed25519_dalek::SigningKey;
 use jiff::Timestamp;
-use msp_compliance_protocol::dsse::Envelope;
+use msp_compliance_protocol::dsse::{self, Envelope};
 use msp_compliance_protocol::evidence::{
     Author, CheckpointBody, Draft, PreparedRecord, RecordError, RecordKind, SealedRecord,
     SealingKey, prepare,
@@ -39,8 +45,10 @@ const PIPELINE_DEPTH: usize = 8;
 /// `records.digest`: nothing looks records up by digest, and distinct seqs give distinct
 /// payloads and so distinct digests by construction, while the index cost every append a
 /// random B-tree insert (about 15 % of a batched append). Stores made by version 1 keep their
-/// index, which is harmless; the migration is a version bump.
-const SCHEMA_VERSION: i64 = 2;
+/// index, which is harmless; the migration is a version bump. Version 3 writes envelopes in
+/// the compact form; older rows stay canonical JSON and are read as such, while an older agent,
+/// which would not read the new rows, refuses the file by its version.
+const SCHEMA_VERSION: i64 = 3;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS records (
@@ -110,6 +118,19 @@ pub struct StoredRecord {
     pub recorded_at: i64,
     /// The envelope as canonical JSON bytes (one line, as exported).
     pub envelope: Vec<u8>,
+}
+
+/// One stored record as its row holds it, for `evidence verify`, which checks the compact form
+/// without writing the JSON out.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredRow {
+    /// Position in the chain.
+    pub seq: u64,
+    /// The digest column.
+    pub digest: String,
+    /// The envelope column: the compact form (`dsse::Compact`), or canonical JSON in a row
+    /// written by schema 2.
+    pub stored: Vec<u8>,
 }
 
 impl StoredRecord {
@@ -284,7 +305,7 @@ impl Store {
                             sealed.digest,
                             kind.as_str(),
                             now.as_second(),
-                            sealed.bytes
+                            sealed.compact
                         ])
                         .map_err(|source| sqlite(&path, source))?;
                     res.push(Appended {
@@ -366,22 +387,52 @@ impl Store {
 
     /// Records with `seq >= from`, in order, at most `limit`.
     pub fn records_from(&self, from: u64, limit: usize) -> Result<Vec<StoredRecord>, StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare_cached(
-                "SELECT seq, digest, kind, recorded_at, envelope FROM records WHERE seq >= ?1 ORDER BY seq LIMIT ?2",
-            )
-            .map_err(|source| sqlite(&self.path, source))?;
-        let rows = stmt
-            .query_map(params![from as i64, limit as i64], |row| {
+        self.select_from(
+            "SELECT seq, digest, kind, recorded_at, envelope FROM records WHERE seq >= ?1 ORDER BY seq LIMIT ?2",
+            from,
+            limit,
+            |row| {
+                let stored: Vec<u8> = row.get(4)?;
                 Ok(StoredRecord {
                     seq: row.get::<_, i64>(0)? as u64,
                     digest: row.get(1)?,
                     kind: row.get(2)?,
                     recorded_at: row.get(3)?,
-                    envelope: row.get(4)?,
+                    envelope: dsse::stored_to_canonical(&stored).into_owned(),
                 })
-            })
+            },
+        )
+    }
+
+    /// Rows with `seq >= from` as they are stored, in order, at most `limit`.
+    pub fn rows_from(&self, from: u64, limit: usize) -> Result<Vec<StoredRow>, StoreError> {
+        self.select_from(
+            "SELECT seq, digest, envelope FROM records WHERE seq >= ?1 ORDER BY seq LIMIT ?2",
+            from,
+            limit,
+            |row| {
+                Ok(StoredRow {
+                    seq: row.get::<_, i64>(0)? as u64,
+                    digest: row.get(1)?,
+                    stored: row.get(2)?,
+                })
+            },
+        )
+    }
+
+    fn select_from<T>(
+        &self,
+        sql: &str,
+        from: u64,
+        limit: usize,
+        read: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    ) -> Result<Vec<T>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(sql)
+            .map_err(|source| sqlite(&self.path, source))?;
+        let rows = stmt
+            .query_map(params![from as i64, limit as i64], read)
             .map_err(|source| sqlite(&self.path, source))?;
         rows.collect::<Result<Vec<_>, _>>()
             .map_err(|source| sqlite(&self.path, source))

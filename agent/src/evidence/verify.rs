@@ -7,11 +7,13 @@
 //! in batches and gives exactly `open`'s result per record); the stateful half (seq, `prev`, the
 //! pin) then runs in input order (`ChainVerifier::push_link`), so the verdict and the record
 //! it names are those of feeding the records one by one to `ChainVerifier::push`. The next
-//! window is read while one is checked, and a stored record in canonical form is read by its
-//! fixed layout (`dsse::parse_canonical`) rather than parsed as JSON and written back to compare.
+//! window is read while one is checked. A store row in the compact form (`dsse::Compact`) is
+//! checked as it is, its digest hashed as its canonical JSON is written, its payload signed
+//! as it lies; an exported line is read by the fixed layout of canonical JSON
+//! (`dsse::parse_canonical`) rather than parsed as JSON and written back to compare.
 //!
-//! A record's digest is SHA-256 of its bytes as stored or exported, and those bytes must be the
-//! envelope's RFC 8785 canonical form: that is the rule an auditor applies without our code
+//! A record's digest is SHA-256 of its envelope's RFC 8785 canonical form, and an exported
+//! line must be exactly that form: that is the rule an auditor applies without our code
 //! (README, "Verifying evidence without our code"), so a non-canonical line is refused here too.
 //!
 //! This module reads what it is given and judges; it prints nothing and writes nothing.
@@ -22,11 +24,11 @@ use std::io::BufRead;
 use ed25519_dalek::VerifyingKey;
 use msp_compliance_protocol::dsse::{self, Envelope};
 use msp_compliance_protocol::evidence::{
-    ChainError, ChainSummary, ChainVerifier, Link, OpenError, Pin, RecordKind,
+    ChainError, ChainSummary, ChainVerifier, EnvelopeRef, Link, OpenError, Pin, RecordKind,
 };
 use sha2::{Digest, Sha256};
 
-use crate::evidence::store::{Store, StoreError, StoredRecord};
+use crate::evidence::store::{Store, StoreError, StoredRow};
 
 /// Records checked in parallel at a time: large enough to keep every core busy, small enough
 /// that memory stays flat (about 2 KiB per record).
@@ -70,18 +72,30 @@ impl std::fmt::Display for Location {
 pub struct RawRecord {
     /// Where it was read.
     pub location: Location,
-    /// The envelope's bytes (canonical JSON, no newline).
+    /// The envelope's bytes: canonical JSON (no newline), or for a store row, the store's
+    /// compact form ([`dsse::Compact`]).
     pub bytes: Vec<u8>,
     /// The digest the store keeps beside it (the outbox id), to be checked too.
     pub stored_digest: Option<String>,
 }
 
-impl From<StoredRecord> for RawRecord {
-    fn from(record: StoredRecord) -> RawRecord {
+impl From<StoredRow> for RawRecord {
+    fn from(row: StoredRow) -> RawRecord {
         RawRecord {
-            location: Location::Store { seq: record.seq },
-            bytes: record.envelope,
-            stored_digest: Some(record.digest),
+            location: Location::Store { seq: row.seq },
+            bytes: row.stored,
+            stored_digest: Some(row.digest),
+        }
+    }
+}
+
+impl RawRecord {
+    /// The record in the compact form, if it is a store row in that form (a line of a file is
+    /// always JSON).
+    fn compact(&self) -> Option<dsse::Compact<'_>> {
+        match self.location {
+            Location::Store { .. } => dsse::Compact::parse(&self.bytes),
+            Location::Line { .. } => None,
         }
     }
 }
@@ -321,7 +335,7 @@ fn read_window(
 pub fn store_records(store: &Store) -> impl Iterator<Item = Result<RawRecord, VerifyError>> + '_ {
     const PAGE: usize = 1_000;
     let mut next: u64 = 0;
-    let mut page: std::vec::IntoIter<StoredRecord> = Vec::new().into_iter();
+    let mut page: std::vec::IntoIter<StoredRow> = Vec::new().into_iter();
     let mut done = false;
     std::iter::from_fn(move || {
         if let Some(record) = page.next() {
@@ -330,7 +344,7 @@ pub fn store_records(store: &Store) -> impl Iterator<Item = Result<RawRecord, Ve
         if done {
             return None;
         }
-        match store.records_from(next, PAGE) {
+        match store.rows_from(next, PAGE) {
             Ok(records) => {
                 let Some(last) = records.last().map(|it| it.seq) else {
                     done = true;
@@ -505,25 +519,36 @@ fn prepare_window(
 /// The independent half for consecutive records: each record's own checks, then their
 /// signatures and statements together (`open_many` batches the signatures).
 fn prepare_slice(slice: &[RawRecord], trusted: &[VerifyingKey], start: u64) -> Vec<Prepared> {
-    let parsed: Vec<(String, Result<Envelope, Problem>)> = slice
+    let parsed: Vec<(String, Result<Parsed<'_>, Problem>)> = slice
         .iter()
         .zip(start..)
-        .map(|(record, index)| {
-            let digest = digest_of(&record.bytes);
-            let envelope = parse_record(record, &digest, index);
-            (digest, envelope)
+        .map(|(record, index)| match record.compact() {
+            Some(compact) => {
+                let digest = compact.digest();
+                let checked =
+                    check_digest_column(record, &digest).map(|()| Parsed::Compact(compact));
+                (digest, checked)
+            }
+            None => {
+                let digest = digest_of(&record.bytes);
+                let envelope = parse_record(record, &digest, index).map(Parsed::Json);
+                (digest, envelope)
+            }
         })
         .collect();
-    let envelopes: Vec<&Envelope> = parsed
+    let envelopes: Vec<EnvelopeRef<'_>> = parsed
         .iter()
-        .filter_map(|(_, envelope)| envelope.as_ref().ok())
+        .filter_map(|(_, parsed)| match parsed.as_ref().ok()? {
+            Parsed::Json(envelope) => Some(EnvelopeRef::Json(envelope)),
+            Parsed::Compact(compact) => Some(EnvelopeRef::Compact(*compact)),
+        })
         .collect();
     let mut opened = msp_compliance_protocol::evidence::open_many(&envelopes, trusted).into_iter();
     parsed
         .into_iter()
-        .map(|(digest, envelope)| Prepared {
+        .map(|(digest, parsed)| Prepared {
             digest,
-            outcome: envelope.map(|_| {
+            outcome: parsed.map(|_| {
                 // `open_many` answers once per envelope, in order.
                 opened.next().unwrap_or_else(|| {
                     Err(OpenError::NotEvidence("record was not examined".into()))
@@ -533,17 +558,27 @@ fn prepare_slice(slice: &[RawRecord], trusted: &[VerifyingKey], start: u64) -> V
         .collect()
 }
 
+/// A record whose own checks passed, ready for its signature.
+enum Parsed<'a> {
+    Json(Envelope),
+    Compact(dsse::Compact<'a>),
+}
+
+/// The store's digest column must be the digest of the envelope beside it.
+fn check_digest_column(record: &RawRecord, digest: &str) -> Result<(), Problem> {
+    match &record.stored_digest {
+        Some(stored) if stored != digest => Err(Problem::DigestColumn {
+            stored: stored.clone(),
+            computed: digest.to_string(),
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// A record's own checks before its signature: the store's digest column, the envelope's
 /// syntax, and its canonical form.
 fn parse_record(record: &RawRecord, digest: &str, index: u64) -> Result<Envelope, Problem> {
-    if let Some(stored) = &record.stored_digest
-        && stored != digest
-    {
-        return Err(Problem::DigestColumn {
-            stored: stored.clone(),
-            computed: digest.to_string(),
-        });
-    }
+    check_digest_column(record, digest)?;
     // Stored and exported records are canonical, and reading that layout directly is the same
     // check as parsing the JSON and comparing its canonical form with the bytes.
     if let Some(envelope) = dsse::parse_canonical(&record.bytes) {
@@ -572,8 +607,12 @@ fn find_later(
         let Ok(record) = record else {
             return None;
         };
-        let Ok(envelope) = serde_json::from_slice::<Envelope>(&record.bytes) else {
-            continue;
+        let envelope = match record.compact() {
+            Some(compact) => compact.to_envelope(),
+            None => match serde_json::from_slice::<Envelope>(&record.bytes) {
+                Ok(envelope) => envelope,
+                Err(_) => continue,
+            },
         };
         let Ok(opened) = msp_compliance_protocol::evidence::open(&envelope, trusted) else {
             continue;
@@ -620,6 +659,28 @@ mod tests {
         store_records(&store).collect::<Result<_, _>>().unwrap()
     }
 
+    /// The rows as a schema-2 store holds them: canonical JSON.
+    fn as_json(records: &[RawRecord]) -> Vec<RawRecord> {
+        records
+            .iter()
+            .map(|it| {
+                assert!(it.compact().is_some());
+                RawRecord {
+                    bytes: dsse::stored_to_canonical(&it.bytes).into_owned(),
+                    ..it.clone()
+                }
+            })
+            .collect()
+    }
+
+    /// The digest of a record as a tampering writer would put it in the digest column.
+    fn digest_column(record: &RawRecord) -> Option<String> {
+        Some(match record.compact() {
+            Some(compact) => compact.digest(),
+            None => digest_of(&record.bytes),
+        })
+    }
+
     /// A small window, so a few hundred records span several windows and threads.
     const TEST_WINDOW: usize = 2 * MIN_PARALLEL;
 
@@ -635,27 +696,45 @@ mod tests {
     #[test]
     fn parallel_verification_matches_the_sequential_verifier() {
         let key = SigningKey::from_bytes(&[4; 32]);
-        let records = chain(3 * TEST_WINDOW as u64 + 17, &key);
-        let verdict = run(records.clone(), &key).unwrap();
-        assert_eq!(verdict.summary.n_records, 3 * TEST_WINDOW as u64 + 17);
-        assert_eq!(verdict.keyids.len(), 1);
+        let compact = chain(3 * TEST_WINDOW as u64 + 17, &key);
+        let json = as_json(&compact);
+        // A store that schema 2 began and schema 3 continued.
+        let mixed: Vec<RawRecord> = json[..TEST_WINDOW + 9]
+            .iter()
+            .chain(&compact[TEST_WINDOW + 9..])
+            .cloned()
+            .collect();
+        for records in [&compact, &json, &mixed] {
+            let verdict = run(records.clone(), &key).unwrap();
+            assert_eq!(verdict.summary.n_records, 3 * TEST_WINDOW as u64 + 17);
+            assert_eq!(verdict.keyids.len(), 1);
+        }
         // Damage one record in the middle of a window on another thread: the first bad
         // record is the one named, whichever thread checked it.
-        for victim in [5_usize, TEST_WINDOW + 100, 2 * TEST_WINDOW + 3] {
+        for (victim, records) in [5_usize, TEST_WINDOW + 100, 2 * TEST_WINDOW + 3]
+            .into_iter()
+            .flat_map(|victim| [(victim, &compact), (victim, &json)])
+        {
             let mut damaged = records.clone();
-            let payload_at = damaged[victim]
-                .bytes
-                .windows(9)
-                .position(|it| it == b"\"payload\"")
-                .unwrap();
-            // Flip one base64 character of the payload: still valid JSON and base64.
-            let at = payload_at + 12;
+            let at = match damaged[victim].compact() {
+                // One byte of the payload itself.
+                Some(_) => 1 + 32 + 64 + 20,
+                // One base64 character of the payload: still valid JSON and base64.
+                None => {
+                    damaged[victim]
+                        .bytes
+                        .windows(9)
+                        .position(|it| it == b"\"payload\"")
+                        .unwrap()
+                        + 12
+                }
+            };
             damaged[victim].bytes[at] = if damaged[victim].bytes[at] == b'A' {
                 b'B'
             } else {
                 b'A'
             };
-            damaged[victim].stored_digest = Some(digest_of(&damaged[victim].bytes));
+            damaged[victim].stored_digest = digest_column(&damaged[victim]);
             let err = run(damaged, &key).unwrap_err();
             let VerifyError::Bad(bad) = err else {
                 panic!("unexpected {err}");
@@ -735,9 +814,9 @@ mod tests {
     #[test]
     fn non_canonical_lines_and_digest_columns_are_refused() {
         let key = SigningKey::from_bytes(&[4; 32]);
-        let mut records = chain(3, &key);
+        let mut records = as_json(&chain(3, &key));
         records[1].bytes.insert(1, b' ');
-        records[1].stored_digest = Some(digest_of(&records[1].bytes));
+        records[1].stored_digest = digest_column(&records[1]);
         let err = run(records.clone(), &key).unwrap_err().to_string();
         assert!(
             err.contains("record #1 is not in RFC 8785 canonical form"),
@@ -748,6 +827,22 @@ mod tests {
         records[2].stored_digest = Some("sha256:00".into());
         let err = run(records, &key).unwrap_err().to_string();
         assert!(err.contains("digest column says sha256:00"), "{err}");
+
+        // A compact row cut short of its fixed part is not read as one, and a line of a file
+        // is never read in the compact form.
+        let mut records = chain(3, &key);
+        records[1].bytes.truncate(90);
+        records[1].stored_digest = digest_column(&records[1]);
+        let err = run(records, &key).unwrap_err().to_string();
+        assert!(err.contains("record #1 is not a DSSE envelope"), "{err}");
+        let mut records = chain(3, &key);
+        records[0].location = Location::Line { line: 1 };
+        records[0].stored_digest = None;
+        let err = run(records, &key).unwrap_err().to_string();
+        assert!(
+            err.starts_with("line 1: record #0 is not a DSSE envelope"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -12,7 +12,7 @@ use std::io::{BufWriter, Write};
 
 use anyhow::{Context, Result, anyhow};
 use msp_compliance_protocol::dsse::{self, Envelope};
-use msp_compliance_protocol::evidence::{self, ChainVerifier, Pin};
+use msp_compliance_protocol::evidence::{self, ChainVerifier, EnvelopeRef, Pin};
 
 use crate::db::evidence::{self as stored_evidence, StoredRecord};
 use crate::db::hosts::{self};
@@ -200,7 +200,10 @@ fn push_window(
     trusted: &[ed25519_dalek::VerifyingKey],
     window: &mut Vec<(Envelope, String)>,
 ) -> Result<(), Stop> {
-    let envelopes: Vec<&Envelope> = window.iter().map(|(envelope, _)| envelope).collect();
+    let envelopes: Vec<EnvelopeRef<'_>> = window
+        .iter()
+        .map(|(envelope, _)| EnvelopeRef::Json(envelope))
+        .collect();
     let links = evidence::open_many(&envelopes, trusted);
     for (link, (_, digest)) in links.into_iter().zip(window.iter()) {
         verifier
