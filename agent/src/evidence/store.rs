@@ -31,14 +31,15 @@ use msp_compliance_protocol::evidence::{
 };
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
-/// Batches at least this long are prepared, signed and inserted on three threads at once.
+/// Batches at least this long are prepared on a second thread while this one signs and inserts.
 const PIPELINE_MIN_DRAFTS: usize = 16;
 
-/// Records handed from one pipeline stage to the next at a time: one hand-over per record
-/// costs more in wake-ups than the work it feeds, and a long chunk delays the first signature.
+/// Records handed from the preparing thread to the signing one at a time: one hand-over per
+/// record costs more in wake-ups than the work it feeds, and a long chunk delays the first
+/// signature.
 const PIPELINE_CHUNK: usize = 4;
 
-/// Chunks a pipeline stage may run ahead of the next, which bounds the memory of a long batch.
+/// Chunks the preparing thread may run ahead, which bounds the memory of a long batch.
 const PIPELINE_DEPTH: usize = 8;
 
 /// Schema version (SQLite `user_version`). Version 2 dropped the `UNIQUE` index on
@@ -322,17 +323,16 @@ impl Store {
                 }
             } else {
                 // A batch: signing is inherently sequential (each record names the digest of
-                // the previous envelope, signature included), so it gets a thread of its own
-                // and does only what depends on the previous record (`PreparedRecord::seal`).
-                // One thread prepares the records ahead of it (canonical JSON, base64 and
-                // hashes of everything before `prev`), and this one inserts behind it.
+                // the previous envelope, signature included), so this thread does only what
+                // depends on the previous record (`PreparedRecord::seal`) and the insert, while
+                // a second one prepares the records ahead of it (canonical JSON and the hashes
+                // of everything before `prev`). Two threads, not three: with a third for the
+                // inserts, its wake-ups took the signing thread's core (2 cores: 26.5–27.3k/s
+                // against 28.2–28.8k/s on tmpfs, `cargo bench --bench evidence`).
                 let drafts = &drafts;
                 std::thread::scope(|scope| -> Result<(), StoreError> {
                     let (prepared_sender, prepared_receiver) = std::sync::mpsc::sync_channel::<
                         Result<Vec<PreparedRecord<'_>>, RecordError>,
-                    >(PIPELINE_DEPTH);
-                    let (sealed_sender, sealed_receiver) = std::sync::mpsc::sync_channel::<
-                        Result<Vec<(RecordKind, SealedRecord)>, RecordError>,
                     >(PIPELINE_DEPTH);
                     scope.spawn(move || {
                         for (chunk, first) in drafts
@@ -351,29 +351,14 @@ impl Store {
                             }
                         }
                     });
-                    scope.spawn(move || {
-                        for prepared in prepared_receiver {
-                            let sealed = prepared.and_then(|chunk| {
-                                chunk
-                                    .into_iter()
-                                    .map(|record| {
-                                        let kind = record.kind();
-                                        let sealed = record.seal(prev.as_deref())?;
-                                        prev = Some(sealed.digest.clone());
-                                        Ok((kind, sealed))
-                                    })
-                                    .collect()
-                            });
-                            let failed = sealed.is_err();
-                            if sealed_sender.send(sealed).is_err() || failed {
-                                return;
-                            }
-                        }
-                    });
-                    // Every draft arrives here, or an error does; a panicking stage closes its
-                    // channel early and `scope` then carries its panic on.
-                    for chunk in sealed_receiver {
-                        for (kind, sealed) in chunk? {
+                    // Every draft arrives here, or an error does. An error returns and drops
+                    // the receiver, which stops the preparer; a panicking preparer closes the
+                    // channel early and `scope` then carries its panic on, before any commit.
+                    for prepared in prepared_receiver {
+                        for record in prepared? {
+                            let kind = record.kind();
+                            let sealed = record.seal(prev.as_deref())?;
+                            prev = Some(sealed.digest.clone());
                             insert_one(kind, sealed)?;
                         }
                     }
@@ -715,7 +700,7 @@ mod tests {
     }
 
     /// Pins the bytes `append` stores on both paths (one by one, and a batch that is
-    /// canonicalized on several threads and sealed on a second one): the head digest names
+    /// prepared on one thread and sealed on another): the head digest names
     /// every byte of every record before it through `prev`. Recorded from the code before the
     /// batch path was reworked for speed; a change here is a change of the wire format.
     #[test]
