@@ -115,6 +115,22 @@ impl Chain {
         agent(&args)
     }
 
+    /// `evidence export` of the whole chain to `path`, as JSON Lines.
+    fn export(&self, path: &Path) -> Output {
+        agent(&[
+            "evidence",
+            "export",
+            "--config",
+            path_str(&self.config()),
+            "--since",
+            "2000-01-01",
+            "--format",
+            "jsonl",
+            "--output",
+            path_str(path),
+        ])
+    }
+
     fn sql(&self) -> rusqlite::Connection {
         rusqlite::Connection::open(self.store()).unwrap()
     }
@@ -347,18 +363,7 @@ fn a_store_of_canonical_json_rows_verifies_exports_and_grows() {
     let chain = Chain::new(10);
     let export = |name: &str| {
         let path = chain.dir.path().join(name);
-        let out = agent(&[
-            "evidence",
-            "export",
-            "--config",
-            path_str(&chain.config()),
-            "--since",
-            "2000-01-01",
-            "--format",
-            "jsonl",
-            "--output",
-            path_str(&path),
-        ]);
+        let out = chain.export(&path);
         assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
         std::fs::read(path).unwrap()
     };
@@ -582,18 +587,7 @@ fn verify_names_an_unknown_key() {
 fn exports_verify_line_by_line_and_damage_is_named_by_line() {
     let chain = Chain::new(20);
     let export = chain.dir.path().join("export.jsonl");
-    let out = agent(&[
-        "evidence",
-        "export",
-        "--config",
-        path_str(&chain.config()),
-        "--since",
-        "2000-01-01",
-        "--format",
-        "jsonl",
-        "--output",
-        path_str(&export),
-    ]);
+    let out = chain.export(&export);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert!(text(&out.stderr).contains("exported 20 records (seq 0 to 19)"));
     let lines: Vec<String> = std::fs::read_to_string(&export)
