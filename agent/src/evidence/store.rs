@@ -13,8 +13,10 @@
 //! room; the outbox raises an alarm record instead.
 //!
 //! An envelope is kept in the compact form (`dsse::Compact`: key id, signature and payload as
-//! raw bytes), which maps to its canonical JSON byte for byte and is a quarter smaller: an
-//! append of check records is bound by what the disk writes, and evidence is kept six years.
+//! raw bytes), which maps to its canonical JSON byte for byte and is a quarter smaller: fewer
+//! bytes to write and copy per append (batched check records: 19.7–20.8k/s against 15.8–18.0k/s
+//! with JSON rows, alternating on a busy disk; 27.2k against 21.4–25.1k/s on tmpfs), nothing to
+//! decode before verifying, and a quarter less disk for six years of evidence.
 //! Readers get the canonical JSON ([`StoredRecord::envelope`]); rows written as canonical JSON
 //! by schema 2 are read as they are.
 
