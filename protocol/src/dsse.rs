@@ -106,7 +106,12 @@ pub(crate) fn pae_head(out: &mut Vec<u8>, payload_type: &str, payload_len: usize
 
 /// The key id of a public key: lowercase hex SHA-256 of its 32 raw bytes.
 pub fn keyid(key: &VerifyingKey) -> String {
-    hex::encode(Sha256::digest(key.as_bytes()))
+    hex::encode(keyid_bytes(key))
+}
+
+/// The key id's 32 bytes, as the compact form ([`Compact`]) holds them.
+pub fn keyid_bytes(key: &VerifyingKey) -> [u8; 32] {
+    Sha256::digest(key.as_bytes()).into()
 }
 
 /// Signs payload bytes into an envelope.

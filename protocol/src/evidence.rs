@@ -377,7 +377,7 @@ impl SealingKey {
         SealingKey {
             signing: key.clone(),
             keyid: dsse::keyid(&verifying),
-            keyid_bytes: Sha256::digest(verifying.as_bytes()).into(),
+            keyid_bytes: dsse::keyid_bytes(&verifying),
             expanded,
             verifying,
             nonce_start_digest,
@@ -832,10 +832,7 @@ pub fn open_many(
         key: usize,
     }
     let keyids: Vec<String> = trusted.iter().map(dsse::keyid).collect();
-    let keyid_bytes: Vec<[u8; 32]> = trusted
-        .iter()
-        .map(|it| Sha256::digest(it.as_bytes()).into())
-        .collect();
+    let keyid_bytes: Vec<[u8; 32]> = trusted.iter().map(dsse::keyid_bytes).collect();
     let mut res: Vec<Option<Result<Link, OpenError>>> =
         (0..envelopes.len()).map(|_| None).collect();
     let mut candidates = Vec::with_capacity(envelopes.len());
@@ -849,10 +846,7 @@ pub fn open_many(
                     .position(|it| it == compact.keyid_bytes())
                     .map(|key| {
                         let payload = compact.payload();
-                        let mut message =
-                            Vec::with_capacity(payload.len() + IN_TOTO_PAYLOAD_TYPE.len() + 32);
-                        dsse::pae_head(&mut message, IN_TOTO_PAYLOAD_TYPE, payload.len());
-                        message.extend_from_slice(payload);
+                        let message = dsse::pae(IN_TOTO_PAYLOAD_TYPE, payload);
                         (message, payload.len(), *compact.signature(), key)
                     })
             }
